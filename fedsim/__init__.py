@@ -1,0 +1,20 @@
+"""fedsim: federated-learning simulation on Flower.
+
+``fedsim.run(path_or_dict, **overrides)`` runs a scenario and returns a ``RunResult`` with
+the per-round metrics as a pandas DataFrame, the final model and the run directory.
+"""
+
+import os
+
+# Flower phones home and checks for updates unless told not to; fedsim never does.
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+from fedsim.api import load_scenario, run  # noqa: E402
+
+__all__ = ["run", "load_scenario"]
+__version__ = "0.1.0"

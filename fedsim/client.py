@@ -1,0 +1,156 @@
+"""The one generic fedsim ``ClientApp``; strategies plug their client-side handler into it.
+
+A node learns its world in a setup exchange at the start of a run (``query.hello`` and
+``query.setup``): the resolved scenario and its partition's example indices are kept in
+the node's ``Context.state``, so the same code serves the in-process grid, Ray actors and
+real SuperNodes. Datasets and a model instance are cached per process, keyed by the
+scenario, and the model is reset in place from each incoming message.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import nn
+
+from fedsim import registry
+from fedsim.scenario import Scenario, from_json
+from fedsim.training import evaluate, local_sgd, torch_generator
+
+STATE_KEY = "fedsim"
+INDEX_KEY = "fedsim.partition"
+
+app = ClientApp()
+
+
+@dataclass
+class _Shared:
+    scenario: Scenario
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+@functools.lru_cache(maxsize=4)
+def _shared(blob: str) -> _Shared:
+    from fedsim.data import load_dataset
+    from fedsim.models import build_model
+
+    scenario = from_json(blob)
+    ds = load_dataset(scenario.dataset.name, scenario.dataset.raw_params(), scenario.seed)
+    model = build_model(scenario.model.name, scenario.model.raw_params(), ds.input_shape, ds.num_classes)
+    return _Shared(scenario, model, torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train))
+
+
+_partitions: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _partition(blob: str, pid: int, indices: Array) -> tuple[torch.Tensor, torch.Tensor]:
+    """The node's examples, cached per (scenario, partition): indices never change in a run."""
+    if (blob, pid) not in _partitions:
+        if any(key[0] != blob for key in _partitions):
+            _partitions.clear()  # a new run in this process: drop the last run's copies
+        shared = _shared(blob)
+        idx = torch.from_numpy(indices.numpy().copy())
+        _partitions[(blob, pid)] = (shared.x[idx], shared.y[idx])
+    return _partitions[(blob, pid)]
+
+
+@dataclass
+class ClientEnv:
+    """What a client-side handler may use: its data, a model, its state and seeded RNG."""
+
+    scenario: Scenario
+    partition_id: int
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    state: RecordDict
+
+    def load(self, arrays: ArrayRecord) -> nn.Module:
+        self.model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+        return self.model
+
+    def generator(self, server_round: int, purpose: str) -> torch.Generator:
+        return torch_generator(self.scenario.seed, server_round, self.partition_id, purpose)
+
+    def train(self, server_round: int, grad_hook: Callable[[], None] | None = None, **overrides) -> tuple[float, int]:
+        """The scenario's local SGD (``client:`` section, overridable per call)."""
+        cfg = self.scenario.client.model_dump() | overrides
+        return local_sgd(
+            self.model, self.x, self.y, **cfg, gen=self.generator(server_round, "shuffle"), grad_hook=grad_hook
+        )
+
+    def reply(self, train_loss: float, **metrics: float) -> RecordDict:
+        """Reply with the trained model and its metrics (weighted by ``num-examples``)."""
+        return RecordDict(
+            {
+                "arrays": ArrayRecord(self.model.state_dict()),
+                "metrics": MetricRecord({"train_loss": train_loss, "num-examples": len(self.x), **metrics}),
+            }
+        )
+
+
+Handler = Callable[[RecordDict, ClientEnv], RecordDict]
+
+
+def _env(context: Context) -> ClientEnv:
+    if STATE_KEY not in context.state:
+        raise RuntimeError("this node was not set up: the server must send query.setup first")
+    blob = str(context.state[STATE_KEY]["scenario"])
+    pid = int(context.state[STATE_KEY]["partition-id"])
+    shared = _shared(blob)
+    x, y = _partition(blob, pid, context.state[INDEX_KEY]["indices"])
+    return ClientEnv(shared.scenario, pid, shared.model, x, y, context.state)
+
+
+def fedavg_train(content: RecordDict, env: ClientEnv) -> RecordDict:
+    """FedAvg client (McMahan et al. 2017, Alg. 1 ClientUpdate): local SGD from the global model."""
+    env.load(content["arrays"])
+    loss, _ = env.train(int(content["config"]["server-round"]))
+    return env.reply(loss)
+
+
+@app.query("hello")
+def hello(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds (node ids never decide it)."""
+    pid = int(context.node_config["partition-id"])
+    return Message(RecordDict({"node": ConfigRecord({"partition-id": pid})}), reply_to=msg)
+
+
+@app.query("setup")
+def setup(msg: Message, context: Context) -> Message:
+    """Keep the scenario and this partition's example indices in the node's state."""
+    cfg = msg.content["setup"]
+    context.state[STATE_KEY] = ConfigRecord(
+        {"scenario": str(cfg["scenario"]), "partition-id": int(context.node_config["partition-id"])}
+    )
+    context.state[INDEX_KEY] = ArrayRecord({"indices": msg.content["partition"]["indices"]})
+    env = _env(context)
+    return Message(RecordDict({"node": MetricRecord({"num-examples": len(env.x)})}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    env = _env(context)
+    handler: Handler = registry.get("strategy", env.scenario.strategy.name).extras.get("client", fedavg_train)
+    return Message(handler(msg.content, env), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_local(msg: Message, context: Context) -> Message:
+    """Federated evaluation: the global model on this client's own examples."""
+    env = _env(context)
+    loss, acc = evaluate(env.load(msg.content["arrays"]), env.x, env.y, env.scenario.evaluation.batch_size)
+    metrics = MetricRecord({"eval_loss": loss, "eval_acc": acc, "num-examples": len(env.x)})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def index_array(indices: np.ndarray) -> Array:
+    return Array(np.ascontiguousarray(indices, dtype=np.int64))

@@ -1,0 +1,133 @@
+"""Partitioners: split a dataset's training examples across clients.
+
+The label-based partitioners are flwr-datasets' own (``IidPartitioner``,
+``DirichletPartitioner``, ``PathologicalPartitioner``, ``ShardPartitioner``), run offline
+on a ``datasets.Dataset`` holding only the labels and each example's index. Every
+partitioner returns, for client i, the indices of its examples: client i is partition i on
+every runtime.
+
+Dirichlet convention: flwr-datasets draws, per class, a share over clients
+p_c ~ Dir(alpha·1_N) (the Yurochkin et al. lineage), re-drawing until every client holds
+``min_partition_size`` examples.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from fedsim.registry import Params, get, register
+
+
+class IidParams(Params):
+    pass
+
+
+class DirichletParams(Params):
+    alpha: float = 0.5
+    min_partition_size: int = 10
+    self_balancing: bool = False
+
+
+class PathologicalParams(Params):
+    classes_per_client: int = 2
+    class_assignment_mode: str = "random"
+
+
+class ShardParams(Params):
+    shards_per_client: int = 2
+
+
+def _flwr_partition(partitioner, labels: np.ndarray) -> list[np.ndarray]:
+    from datasets import Dataset
+
+    partitioner.dataset = Dataset.from_dict({"label": labels, "idx": np.arange(len(labels))})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return [
+            np.sort(np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64))
+            for i in range(partitioner.num_partitions)
+        ]
+
+
+@register("partitioner", "iid", params=IidParams)
+def iid(params: IidParams, labels, num_clients, seed, groups=None):
+    """IID: equal-size random shards (flwr-datasets IidPartitioner on shuffled indices)."""
+    from flwr_datasets.partitioner import IidPartitioner
+
+    perm = np.random.default_rng(seed).permutation(len(labels))
+    parts = _flwr_partition(IidPartitioner(num_partitions=num_clients), labels[perm])
+    return [np.sort(perm[p]) for p in parts]
+
+
+@register("partitioner", "dirichlet", params=DirichletParams)
+def dirichlet(params: DirichletParams, labels, num_clients, seed, groups=None):
+    """Label skew: per class, shares over clients ~ Dir(alpha) (flwr-datasets)."""
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    part = DirichletPartitioner(
+        num_partitions=num_clients,
+        partition_by="label",
+        alpha=params.alpha,
+        min_partition_size=params.min_partition_size,
+        self_balancing=params.self_balancing,
+        seed=seed,
+    )
+    return _flwr_partition(part, labels)
+
+
+@register("partitioner", "pathological", params=PathologicalParams)
+def pathological(params: PathologicalParams, labels, num_clients, seed, groups=None):
+    """Pathological: each client holds exactly k classes (flwr-datasets)."""
+    from flwr_datasets.partitioner import PathologicalPartitioner
+
+    part = PathologicalPartitioner(
+        num_partitions=num_clients,
+        partition_by="label",
+        num_classes_per_partition=params.classes_per_client,
+        class_assignment_mode=params.class_assignment_mode,
+        seed=seed,
+    )
+    return _flwr_partition(part, labels)
+
+
+@register("partitioner", "shard", params=ShardParams)
+def shard(params: ShardParams, labels, num_clients, seed, groups=None):
+    """Shards: sort by label, deal equal shards (McMahan et al. 2017; flwr-datasets)."""
+    from flwr_datasets.partitioner import ShardPartitioner
+
+    part = ShardPartitioner(
+        num_partitions=num_clients,
+        partition_by="label",
+        num_shards_per_partition=params.shards_per_client,
+        seed=seed,
+    )
+    return _flwr_partition(part, labels)
+
+
+@register("partitioner", "natural", params=IidParams)
+def natural(params: IidParams, labels, num_clients, seed, groups=None):
+    """Natural: the dataset's own users (LEAF synthetic), one per client."""
+    if groups is None:
+        raise ValueError("the 'natural' partitioner needs a dataset with natural users")
+    users = np.unique(groups)
+    if len(users) != num_clients:
+        raise ValueError(f"dataset has {len(users)} users but num_clients is {num_clients}")
+    return [np.flatnonzero(groups == u) for u in users]
+
+
+def make_partitions(name: str, params: Params, labels, num_clients, seed, groups=None):
+    """Partition indices for every client; checks they are disjoint and non-empty."""
+    parts = get("partitioner", name).factory(params, labels, num_clients, seed, groups)
+    if len(parts) != num_clients:
+        raise ValueError(f"partitioner {name!r} made {len(parts)} partitions, not {num_clients}")
+    empty = [i for i, p in enumerate(parts) if len(p) == 0]
+    if empty:
+        raise ValueError(f"partitioner {name!r} left clients {empty} without data")
+    return parts
+
+
+def label_histograms(parts: list[np.ndarray], labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(num_clients, num_classes) counts of each label per client."""
+    return np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts])

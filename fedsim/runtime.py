@@ -1,0 +1,130 @@
+"""Runtimes: where the ServerApp and the ClientApps run.
+
+- ``inprocess``: ``InProcessGrid`` calls the ClientApp directly in this process, one
+  message after another: no Ray, no polling, no serialization. Deterministic.
+- ``ray``: Flower's Simulation Engine (``flwr.simulation.run_simulation``, Ray backend),
+  optionally attached to a running Ray cluster (``runtime.address``).
+
+Flower internals used here (``Run``, ``TaskIdentity``) stay in this one module; the
+tests pin them against the installed flwr minor version.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from uuid import uuid4
+
+import numpy as np
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+# Flower internals (adapter): the Run a Grid reports and the process-global task identity
+# that Message construction reads.
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedsim.scenario import RayRuntime, Scenario
+
+CLIENT_APP_ERROR = 2  # flwr ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+
+
+def _set_task_identity(run_id: int) -> None:
+    TaskIdentity.task_id = 1
+    TaskIdentity.run_id = run_id
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+
+
+class InProcessGrid(Grid):
+    """A Flower ``Grid`` that runs the ClientApp synchronously in the calling process.
+
+    Node ids come from a seeded RNG; node i holds partition i and keeps one ``Context``
+    for the whole run (``Context.state`` persists across rounds, as on a SuperNode).
+    A ClientApp that raises produces an error reply; the run goes on.
+    """
+
+    def __init__(self, client_app: ClientApp, num_nodes: int, seed: int = 0):
+        rng = np.random.default_rng([seed, 0x6E6F6465])
+        ids = rng.choice(2**62, size=num_nodes, replace=False) + 2  # 0, 1 are reserved
+        self.client_app = client_app
+        self._run = Run.create_empty(int(rng.integers(1, 2**62)))
+        _set_task_identity(self._run.run_id)
+        self._node_ids = [int(i) for i in ids]
+        self.contexts = {
+            nid: Context(
+                run_id=self._run.run_id,
+                node_id=nid,
+                node_config={"partition-id": i, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+            for i, nid in enumerate(self._node_ids)
+        }
+        self._replies: dict[str, Message] = {}
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._node_ids)
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        ids = []
+        for msg in messages:
+            msg_id = uuid4().hex
+            msg.metadata.__dict__["_message_id"] = msg_id
+            context = self.contexts[msg.metadata.dst_node_id]
+            try:
+                reply = self.client_app(msg, context)
+            except Exception as exc:  # a failing client is recorded, never fatal
+                reply = Message(Error(CLIENT_APP_ERROR, f"{type(exc).__name__}: {exc}"), reply_to=msg)
+            reply.metadata.__dict__["_message_id"] = uuid4().hex
+            self._replies[msg_id] = reply
+            ids.append(msg_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+
+def run_inprocess(server_app: ServerApp, client_app: ClientApp, scenario: Scenario) -> None:
+    grid = InProcessGrid(client_app, scenario.num_clients, scenario.seed)
+    context = Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    server_app(grid, context)
+
+
+def run_ray(server_app: ServerApp, client_app: ClientApp, scenario: Scenario) -> None:
+    """Flower's Simulation Engine; ``runtime.address`` attaches to a running Ray cluster."""
+    from flwr.simulation import run_simulation
+
+    rt = scenario.runtime
+    assert isinstance(rt, RayRuntime)
+    init_args: dict = {}
+    if rt.address:
+        init_args["address"] = rt.address
+    else:
+        init_args["num_cpus"] = os.cpu_count()
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=scenario.num_clients,
+        backend_config={
+            "client_resources": rt.client_resources.model_dump(),
+            "init_args": init_args,
+        },
+    )
+
+
+RUNTIMES = {"inprocess": run_inprocess, "ray": run_ray}

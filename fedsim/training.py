@@ -1,0 +1,84 @@
+"""Local training and evaluation loops shared by clients, the server and the benchmarks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def seed_sequence(seed: int, *keys: int | str) -> np.random.SeedSequence:
+    """The one place random streams come from: (scenario seed, round, client, purpose)."""
+    words = [k if isinstance(k, int) else int.from_bytes(k.encode()[:8].ljust(8, b"\0"), "little") for k in keys]
+    return np.random.SeedSequence([seed, *words])
+
+
+def torch_generator(seed: int, *keys: int | str) -> torch.Generator:
+    gen = torch.Generator()
+    gen.manual_seed(int(seed_sequence(seed, *keys).generate_state(1, np.uint64)[0] >> 1))
+    return gen
+
+
+def batches(n: int, batch_size: int, epochs: int, steps: int | None, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """Shuffled minibatch indices: ``epochs`` passes, or exactly ``steps`` batches if given."""
+    per_epoch = math.ceil(n / batch_size)
+    total = steps if steps is not None else epochs * per_epoch
+    done = 0
+    while done < total:
+        perm = torch.randperm(n, generator=gen)
+        for start in range(0, n, batch_size):
+            if done == total:
+                return
+            yield perm[start : start + batch_size]
+            done += 1
+
+
+def local_sgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    steps: int | None,
+    batch_size: int,
+    lr: float,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    gen: torch.Generator,
+    grad_hook: Callable[[], None] | None = None,
+) -> tuple[float, int]:
+    """Minibatch SGD on (x, y) in place; returns (mean training loss, number of steps).
+
+    ``grad_hook`` runs after each backward pass and before the step, so that a strategy
+    can add its own term to the gradients (FedProx's mu·(w − w_global)).
+    """
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    model.train()
+    total, count = 0.0, 0
+    for idx in batches(len(x), batch_size, epochs, steps, gen):
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        if grad_hook is not None:
+            grad_hook()
+        opt.step()
+        total += loss.item()
+        count += 1
+    return (total / count if count else float("nan")), count
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` on (x, y), in eval mode."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        logits = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
+        loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
+        correct += (logits.argmax(1) == target).sum().item()
+    return loss_sum / len(x), correct / len(x)

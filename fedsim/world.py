@@ -1,0 +1,130 @@
+"""The simulated world: ``Grid`` wrappers between a strategy and the runtime grid.
+
+The strategy talks to a Grid and sees only what a real server would see. ``Fleet`` is the
+innermost layer: it sets the nodes up (partition ids, scenario), lists node ids in
+partition order (so seeded sampling picks the same clients on every runtime), returns
+replies in partition order (so aggregation sums in the same order everywhere) and counts
+the bytes that cross it. Further layers (participation, faults, Byzantine clients,
+eavesdroppers) wrap it with ``GridWrapper``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedsim.client import index_array
+
+
+class GridWrapper(Grid):
+    """A Grid that forwards everything to ``inner``; layers override what they change."""
+
+    def __init__(self, inner: Grid):
+        self.inner = inner
+
+    @property
+    def run(self):
+        return self.inner.run
+
+    def set_run(self, run) -> None:
+        self.inner.set_run(run)
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.inner.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.inner.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.inner.send_and_receive(messages, timeout=timeout)
+
+
+def payload_bytes(content: RecordDict) -> int:
+    """Bytes of the arrays a message carries (the model-sized part of its payload)."""
+    return sum(rec.count_bytes() for rec in content.array_records.values())
+
+
+class Fleet(GridWrapper):
+    """The clients of one run, addressed by partition id; meters traffic."""
+
+    def __init__(self, inner: Grid, num_clients: int, timeout: float | None = None):
+        super().__init__(inner)
+        self.num_clients = num_clients
+        self.timeout = timeout
+        self.partition: dict[int, int] = {}
+        self.node: dict[int, int] = {}
+        self.bytes_down = 0
+        self.bytes_up = 0
+        # Flower's in-memory grid polls every 0.1 s; the in-process grid answers at once.
+        if hasattr(inner, "pull_interval"):
+            inner.pull_interval = 0.005
+
+    def connect(self, scenario_json: str, partitions: list[np.ndarray], wait_s: float = 300.0) -> None:
+        """Wait for every node, learn its partition id, send it the scenario and its indices."""
+        deadline = time.monotonic() + wait_s
+        while len(nodes := sorted(self.inner.get_node_ids())) < self.num_clients:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(nodes)} of {self.num_clients} nodes connected in {wait_s:.0f} s")
+            time.sleep(0.05)
+        hello = [Message(RecordDict(), nid, f"{MessageType.QUERY}.hello") for nid in nodes]
+        for reply in self._exchange(hello):
+            pid = int(reply.content["node"]["partition-id"])
+            self.partition[reply.metadata.src_node_id] = pid
+        missing = sorted(set(range(self.num_clients)) - set(self.partition.values()))
+        if missing:
+            raise RuntimeError(f"no node holds partitions {missing}")
+        self.node = {pid: nid for nid, pid in self.partition.items()}
+        setup = [
+            Message(
+                RecordDict(
+                    {
+                        "setup": ConfigRecord({"scenario": scenario_json}),
+                        "partition": ArrayRecord({"indices": index_array(partitions[pid])}),
+                    }
+                ),
+                self.node[pid],
+                f"{MessageType.QUERY}.setup",
+            )
+            for pid in range(self.num_clients)
+        ]
+        self._exchange(setup)
+
+    def _exchange(self, messages: list[Message]) -> list[Message]:
+        replies = list(self.inner.send_and_receive(messages, timeout=self.timeout))
+        errors = [r for r in replies if r.has_error()]
+        if errors or len(replies) != len(messages):
+            reason = errors[0].error.reason if errors else f"{len(replies)} of {len(messages)} replied"
+            raise RuntimeError(f"node set-up failed: {reason}")
+        return replies
+
+    def get_node_ids(self) -> list[int]:
+        return [self.node[pid] for pid in range(self.num_clients) if pid in self.node]
+
+    def partition_of(self, message: Message) -> int:
+        """Partition id of the node that sent a reply (or is addressed by an instruction)."""
+        nid = message.metadata.src_node_id if message.metadata.reply_to_message_id else message.metadata.dst_node_id
+        return self.partition[nid]
+
+    def take_bytes(self) -> tuple[int, int]:
+        """(bytes down, bytes up) since the last call."""
+        out = (self.bytes_down, self.bytes_up)
+        self.bytes_down = self.bytes_up = 0
+        return out
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        messages = list(messages)
+        self.bytes_down += sum(payload_bytes(m.content) for m in messages)
+        replies = list(self.inner.send_and_receive(messages, timeout=timeout or self.timeout))
+        self.bytes_up += sum(payload_bytes(r.content) for r in replies if not r.has_error())
+        return sorted(replies, key=self.partition_of)
+

@@ -1,0 +1,63 @@
+"""Runtimes: the in-process grid and Flower's Ray Simulation Engine give identical runs."""
+
+import pandas as pd
+import pytest
+from flwr.app import Message, RecordDict
+from flwr.clientapp import ClientApp
+
+import fedsim
+from fedsim.runtime import InProcessGrid
+
+METRICS = ["round", "train_loss", "test_loss", "test_acc", "clients_sampled", "clients_replied", "bytes_down", "bytes_up"]
+
+
+@pytest.mark.slow
+def test_inprocess_and_ray_give_identical_per_round_metrics(tiny):
+    tiny["evaluation"] = {"federated": True}
+    a = fedsim.run(tiny)
+    b = fedsim.run(tiny, runtime={"name": "ray", "client_resources": {"num_cpus": 1}})
+    pd.testing.assert_frame_equal(a.metrics[METRICS + ["fed_acc"]], b.metrics[METRICS + ["fed_acc"]])
+    assert a.metrics["clients_sampled"].tolist() == [3, 3, 3]
+
+
+def test_sampling_is_a_function_of_seed_and_round_not_node_ids(tiny):
+    """Two grids with different node ids sample the same partitions every round."""
+    a = fedsim.run(tiny)
+    b = fedsim.run(tiny)
+    pd.testing.assert_frame_equal(a.metrics[METRICS], b.metrics[METRICS])
+    c = fedsim.run(tiny, seed=4)
+    assert not a.metrics["train_loss"].equals(c.metrics["train_loss"])
+
+
+def test_inprocess_grid_turns_client_exceptions_into_error_replies():
+    app = ClientApp()
+
+    @app.train()
+    def boom(msg, context):
+        if context.node_config["partition-id"] == 1:
+            raise ValueError("disk on fire")
+        return Message(RecordDict(), reply_to=msg)
+
+    grid = InProcessGrid(app, 3, seed=0)
+    nodes = grid.get_node_ids()
+    assert nodes == InProcessGrid(app, 3, seed=0).get_node_ids()  # deterministic node ids
+    replies = grid.send_and_receive([Message(RecordDict(), n, "train") for n in nodes])
+    assert [r.has_error() for r in replies] == [False, True, False]
+    assert "disk on fire" in replies[1].error.reason
+
+
+def test_context_state_persists_across_rounds_on_the_inprocess_grid():
+    app = ClientApp()
+
+    @app.train()
+    def count(msg, context):
+        from flwr.app import MetricRecord
+
+        c = int(context.state["c"]["n"]) + 1 if "c" in context.state else 1
+        context.state["c"] = MetricRecord({"n": c})
+        return Message(RecordDict({"m": MetricRecord({"n": c})}), reply_to=msg)
+
+    grid = InProcessGrid(app, 2)
+    for expected in (1, 2, 3):
+        replies = grid.send_and_receive([Message(RecordDict(), n, "train") for n in grid.get_node_ids()])
+        assert [int(r.content["m"]["n"]) for r in replies] == [expected, expected]
