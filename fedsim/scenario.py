@@ -69,6 +69,7 @@ class ClientResources(_Strict):
 
 class InProcessRuntime(_Strict):
     name: Literal["inprocess"] = "inprocess"
+    threads: int = Field(1, ge=1, description="torch intra-op threads while the run lasts")
 
 
 class RayRuntime(_Strict):
