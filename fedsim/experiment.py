@@ -30,7 +30,7 @@ from fedsim.recorder import Recorder
 from fedsim.runtime import RUNTIMES
 from fedsim.scenario import Scenario
 from fedsim.training import evaluate, seed_sequence
-from fedsim.world import Fleet
+from fedsim.world import Fleet, GridWrapper
 
 
 @dataclass
@@ -72,13 +72,13 @@ def prepare(scenario: Scenario) -> ServerSetup:
 
 
 class FederatedLoop:
-    """The server's round loop over a strategy and a fleet."""
+    """The server's round loop: a strategy driving the world's grid."""
 
-    def __init__(self, setup: ServerSetup, strategy, fleet: Fleet, recorder: Recorder):
+    def __init__(self, setup: ServerSetup, strategy, grid: GridWrapper, recorder: Recorder):
         self.setup = setup
         self.scenario = setup.scenario
         self.strategy = strategy
-        self.fleet = fleet
+        self.grid = grid  # the world as the strategy sees it
         self.recorder = recorder
         self.model = setup.model
         self.x_test = torch.from_numpy(setup.dataset.x_test)
@@ -94,14 +94,14 @@ class FederatedLoop:
     def round(self, rnd: int, arrays: ArrayRecord) -> ArrayRecord:
         start = time.perf_counter()
         sc = self.scenario
-        messages = list(self.strategy.configure_train(rnd, arrays, ConfigRecord(), self.fleet))
-        replies = self.fleet.send_and_receive(messages)
+        messages = list(self.strategy.configure_train(rnd, arrays, ConfigRecord(), self.grid))
+        replies = self.grid.send_and_receive(messages)
         agg_start = time.perf_counter()
         new_arrays, train_metrics = self.strategy.aggregate_train(rnd, replies)
         agg_seconds = time.perf_counter() - agg_start
         if new_arrays is not None:
             arrays = new_arrays
-        failed = [self.fleet.partition_of(r) for r in replies if r.has_error()]
+        failed = [self.grid.partition_of(r) for r in replies if r.has_error()]
         row = {
             "round": rnd,
             "train_loss": _metric(train_metrics, "train_loss"),
@@ -111,16 +111,18 @@ class FederatedLoop:
             "clients_replied": len(replies) - len(failed),
             "failed_clients": failed,
         }
+        # whatever else the strategy reports (weight spreads, memory, ...)
+        row.update({k: v for k, v in (train_metrics or {}).items() if k not in row and k != "num-examples"})
         if sc.evaluation.federated:
-            eval_msgs = list(self.strategy.configure_evaluate(rnd, arrays, ConfigRecord(), self.fleet))
-            fed = self.strategy.aggregate_evaluate(rnd, self.fleet.send_and_receive(eval_msgs))
+            eval_msgs = list(self.strategy.configure_evaluate(rnd, arrays, ConfigRecord(), self.grid))
+            fed = self.strategy.aggregate_evaluate(rnd, self.grid.send_and_receive(eval_msgs))
             row["fed_loss"], row["fed_acc"] = _metric(fed, "eval_loss"), _metric(fed, "eval_acc")
         if rnd % sc.evaluation.eval_every == 0 or rnd == sc.rounds:
             self.model.load_state_dict(arrays.to_torch_state_dict())
             row["test_loss"], row["test_acc"] = evaluate(
                 self.model, self.x_test, self.y_test, sc.evaluation.batch_size
             )
-        row["bytes_down"], row["bytes_up"] = self.fleet.take_bytes()
+        row.update(self.grid.take_metrics())
         row["aggregate_seconds"] = agg_seconds
         row["seconds"] = time.perf_counter() - start
         self.recorder.log(row)

@@ -48,6 +48,13 @@ class GridWrapper(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self.inner.send_and_receive(messages, timeout=timeout)
 
+    def partition_of(self, message: Message) -> int:
+        return self.inner.partition_of(message)
+
+    def take_metrics(self) -> dict:
+        """This round's metrics of every layer below and this one (then reset)."""
+        return self.inner.take_metrics()
+
 
 def payload_bytes(content: RecordDict) -> int:
     """Bytes of the arrays a message carries (the model-sized part of its payload)."""
@@ -115,9 +122,9 @@ class Fleet(GridWrapper):
         nid = message.metadata.src_node_id if message.metadata.reply_to_message_id else message.metadata.dst_node_id
         return self.partition[nid]
 
-    def take_bytes(self) -> tuple[int, int]:
-        """(bytes down, bytes up) since the last call."""
-        out = (self.bytes_down, self.bytes_up)
+    def take_metrics(self) -> dict:
+        """Bytes down and up since the last call."""
+        out = {"bytes_down": self.bytes_down, "bytes_up": self.bytes_up}
         self.bytes_down = self.bytes_up = 0
         return out
 
