@@ -136,6 +136,15 @@ def _metric(record, key: str) -> float | None:
     return None if math.isnan(value) else value
 
 
+def build_world(setup: ServerSetup, fleet: Fleet) -> GridWrapper:
+    """Stack the scenario's world layers on the fleet; the strategy talks to the top one.
+
+    Order, strategy side first: participation → faults → byzantine → eavesdropper → fleet.
+    """
+    grid: GridWrapper = fleet
+    return grid
+
+
 def make_server_app(setup: ServerSetup, recorder: Recorder) -> ServerApp:
     """A ServerApp closed over this run's setup and recorder (it runs in this process)."""
     entry = registry.get("strategy", setup.scenario.strategy.name)
@@ -147,7 +156,7 @@ def make_server_app(setup: ServerSetup, recorder: Recorder) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         fleet = Fleet(grid, setup.scenario.num_clients)
         fleet.connect(scenario_json, setup.partitions)
-        FederatedLoop(setup, strategy, fleet, recorder).run()
+        FederatedLoop(setup, strategy, build_world(setup, fleet), recorder).run()
 
     return app
 

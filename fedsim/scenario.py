@@ -227,7 +227,9 @@ def validate(data: dict, source: str = "<scenario>", lines: dict | None = None) 
         raise _fail(exc.errors(), source, lines, data) from None
     errors: list[dict] = []
     for field, kind in COMPONENTS.items():
-        comp: Component = getattr(scenario, field)
+        comp: Component | None = getattr(scenario, field)
+        if comp is None:  # an optional section left out
+            continue
         try:
             entry = registry.get(kind, comp.name)
         except KeyError as exc:
