@@ -20,6 +20,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fedsim import registry
+from fedsim.records import to_record, to_state_dict
 from fedsim.scenario import Scenario, from_json
 from fedsim.training import evaluate, local_sgd, torch_generator
 
@@ -35,6 +36,10 @@ class _Shared:
     model: nn.Module
     x: torch.Tensor
     y: torch.Tensor
+
+    def __post_init__(self):
+        # the model's own parameter and buffer tensors, reset in place from each message
+        self.targets = self.model.state_dict(keep_vars=True)
 
 
 @functools.lru_cache(maxsize=4)
@@ -72,9 +77,16 @@ class ClientEnv:
     x: torch.Tensor
     y: torch.Tensor
     state: RecordDict
+    targets: dict[str, torch.Tensor]
 
     def load(self, arrays: ArrayRecord) -> nn.Module:
-        self.model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+        """Reset the model in place from ``arrays`` (same keys as its state dict) and return it."""
+        values = _decoded(arrays)
+        if values.keys() != self.targets.keys():
+            raise ValueError(f"model keys {sorted(values)} do not match {sorted(self.targets)}")
+        with torch.no_grad():
+            for key, target in self.targets.items():
+                target.copy_(values[key])
         return self.model
 
     def generator(self, server_round: int, purpose: str) -> torch.Generator:
@@ -91,10 +103,20 @@ class ClientEnv:
         """Reply with the trained model and its metrics (weighted by ``num-examples``)."""
         return RecordDict(
             {
-                "arrays": ArrayRecord(self.model.state_dict()),
+                "arrays": to_record(self.model.state_dict()),
                 "metrics": MetricRecord({"train_loss": train_loss, "num-examples": len(self.x), **metrics}),
             }
         )
+
+
+_last_decoded: list = [None, None]
+
+
+def _decoded(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
+    """Decode an ArrayRecord once: in-process, a round's clients share the same record."""
+    if _last_decoded[0] is not arrays:
+        _last_decoded[:] = [arrays, to_state_dict(arrays)]
+    return _last_decoded[1]
 
 
 Handler = Callable[[RecordDict, ClientEnv], RecordDict]
@@ -107,7 +129,7 @@ def _env(context: Context) -> ClientEnv:
     pid = int(context.state[STATE_KEY]["partition-id"])
     shared = _shared(blob)
     x, y = _partition(blob, pid, context.state[INDEX_KEY]["indices"])
-    return ClientEnv(shared.scenario, pid, shared.model, x, y, context.state)
+    return ClientEnv(shared.scenario, pid, shared.model, x, y, context.state, shared.targets)
 
 
 def fedavg_train(content: RecordDict, env: ClientEnv) -> RecordDict:

@@ -29,7 +29,7 @@ from fedsim.partition import make_partitions
 from fedsim.recorder import Recorder
 from fedsim.runtime import RUNTIMES
 from fedsim.scenario import Scenario
-from fedsim.training import evaluate, seed_sequence
+from fedsim.training import derive_seed, evaluate
 from fedsim.world import Fleet, GridWrapper
 
 
@@ -66,7 +66,7 @@ def prepare(scenario: Scenario) -> ServerSetup:
         scenario.partition.name, scenario.partition.params, ds.y_train, scenario.num_clients, scenario.seed, ds.groups
     )
     with torch.random.fork_rng():
-        torch.manual_seed(int(seed_sequence(scenario.seed, "model-init").generate_state(1)[0]))
+        torch.manual_seed(derive_seed(scenario.seed, "model-init"))
         model = build_model(scenario.model.name, scenario.model.raw_params(), ds.input_shape, ds.num_classes)
     return ServerSetup(scenario, ds, parts, model)
 

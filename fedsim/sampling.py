@@ -13,13 +13,13 @@ from __future__ import annotations
 import random
 from contextlib import contextmanager
 
-from fedsim.training import seed_sequence
+from fedsim.training import derive_seed
 
 
 @contextmanager
 def seeded_random(seed: int, server_round: int, purpose: str):
     saved = random.getstate()
-    random.seed(int(seed_sequence(seed, server_round, purpose).generate_state(1, "uint64")[0]))
+    random.seed(derive_seed(seed, server_round, purpose))
     try:
         yield
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Iterator
 
@@ -11,15 +12,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def derive_seed(seed: int, *keys: int | str) -> int:
+    """The one place random streams come from: a 63-bit seed for (scenario seed, round,
+    client, purpose, ...), a keyed hash, so distinct keys give independent streams."""
+    blob = repr((int(seed), *keys)).encode()
+    return int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "little") >> 1
+
+
 def seed_sequence(seed: int, *keys: int | str) -> np.random.SeedSequence:
-    """The one place random streams come from: (scenario seed, round, client, purpose)."""
-    words = [k if isinstance(k, int) else int.from_bytes(k.encode()[:8].ljust(8, b"\0"), "little") for k in keys]
-    return np.random.SeedSequence([seed, *words])
+    """A NumPy ``SeedSequence`` for (seed, keys): ``np.random.default_rng(seed_sequence(...))``."""
+    return np.random.SeedSequence(derive_seed(seed, *keys))
 
 
 def torch_generator(seed: int, *keys: int | str) -> torch.Generator:
+    """A ``torch.Generator`` for (seed, keys) (shuffles, dropout masks, noise)."""
     gen = torch.Generator()
-    gen.manual_seed(int(seed_sequence(seed, *keys).generate_state(1, np.uint64)[0] >> 1))
+    gen.manual_seed(derive_seed(seed, *keys))
     return gen
 
 

@@ -14,14 +14,14 @@ from pydantic import Field
 from fedsim.client import ClientEnv
 from fedsim.registry import register
 from fedsim.sampling import SeededSampling
-from strategies.fedavg import FedAvgParams, sampling_kwargs
+from strategies.fedavg import ExampleWeightedMean, FedAvgParams, sampling_kwargs
 
 
 class FedProxParams(FedAvgParams):
     mu: float = Field(0.01, ge=0, description="proximal coefficient μ")
 
 
-class FedProx(SeededSampling, flwr_strategy.FedProx):
+class FedProx(SeededSampling, ExampleWeightedMean, flwr_strategy.FedProx):
     """Flower's FedProx with a cohort that is a function of (seed, round)."""
 
 

@@ -36,3 +36,16 @@ def test_fedprox_with_mu_zero_is_exactly_fedavg(tiny):
     pd.testing.assert_frame_equal(a.metrics[cols], b.metrics[cols])
     c = fedsim.run(tiny, strategy__name="fedprox", strategy__mu=1.0)
     assert not np.allclose(a.metrics["train_loss"], c.metrics["train_loss"])
+
+
+def test_fast_weighted_mean_is_bit_identical_to_flowers():
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+    _set_task_identity(123)
+    rng = np.random.default_rng(1)
+    replies = [reply(i + 10, [rng.normal(size=(5, 7)).astype(np.float32), rng.normal(size=3).astype(np.float32)], n)
+               for i, n in enumerate([3, 17, 8, 40])]
+    ours, _ = FedAvg(seed=0).aggregate_train(1, replies)
+    theirs = aggregate_arrayrecords([r.content for r in replies], "num-examples")
+    for key in theirs:
+        assert ours[key].data == theirs[key].data

@@ -1,0 +1,84 @@
+"""Fast, exact conversions between torch state dicts and Flower ``ArrayRecord``s.
+
+A Flower ``Array`` holds its data in NumPy's ``.npy`` format. ``Array.numpy()`` re-parses
+the text header of every array with ``ast.literal_eval`` and ``Array.from_numpy_ndarray``
+writes one with ``np.save``: for small models that costs more than local training. The
+functions here produce and read byte-identical ``.npy`` payloads, parsing or writing each
+distinct header once per process (cached by dtype and shape).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import io
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord
+
+_MAGIC = b"\x93NUMPY"
+
+
+@functools.lru_cache(maxsize=4096)
+def _header_for(dtype: str, shape: tuple[int, ...]) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.empty(shape, dtype=np.dtype(dtype)), allow_pickle=False)
+    return buf.getvalue()[: buf.tell() - int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize]
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_header(header: bytes) -> tuple[np.dtype, bool, tuple[int, ...]]:
+    meta = ast.literal_eval(header.decode("latin1"))
+    return np.dtype(meta["descr"]), bool(meta["fortran_order"]), tuple(meta["shape"])
+
+
+def encode(array: np.ndarray) -> Array:
+    """A Flower ``Array`` with exactly ``np.save``'s bytes for ``array``."""
+    if not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)  # (keeps 0-d arrays 0-d, unlike calling it always)
+    header = _header_for(array.dtype.str, array.shape)
+    return Array(dtype=str(array.dtype), shape=tuple(array.shape), stype="numpy.ndarray", data=header + array.tobytes())
+
+
+def decode(array: Array) -> np.ndarray:
+    """The ndarray of a Flower ``Array`` (a writable copy, as ``np.load`` gives)."""
+    data = array.data
+    if array.stype != "numpy.ndarray" or data[:6] != _MAGIC:
+        return array.numpy()
+    if data[6] == 1:
+        start = 10 + int.from_bytes(data[8:10], "little")
+        header = data[10:start]
+    else:
+        start = 12 + int.from_bytes(data[8:12], "little")
+        header = data[12:start]
+    dtype, fortran, shape = _parse_header(header)
+    if dtype.hasobject:
+        return array.numpy()
+    flat = np.frombuffer(data, dtype=dtype, offset=start, count=int(np.prod(shape, dtype=np.int64)))
+    return flat.reshape(shape, order="F" if fortran else "C").copy(order="K")
+
+
+def to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
+    """``ArrayRecord(state_dict)`` (same keys, same bytes), without re-writing headers."""
+    return ArrayRecord({k: encode(v.detach().cpu().numpy()) for k, v in state.items()})
+
+
+def to_state_dict(record: ArrayRecord) -> OrderedDict[str, torch.Tensor]:
+    """``record.to_torch_state_dict()``, without re-parsing headers."""
+    return OrderedDict((k, torch.from_numpy(decode(v))) for k, v in record.items())
+
+
+def weighted_mean(records: list[ArrayRecord], weights: list[float]) -> ArrayRecord:
+    """Σ_i (w_i / Σ_j w_j) · record_i, key by key, in the given order (float64 weights)."""
+    total = float(sum(weights))
+    out: dict[str, np.ndarray] = {}
+    for record, w in zip(records, weights, strict=True):
+        for key, value in record.items():
+            arr = decode(value) * (w / total)
+            if key in out:
+                out[key] += arr
+            else:
+                out[key] = arr
+    return ArrayRecord({k: encode(np.asarray(v)) for k, v in out.items()})
