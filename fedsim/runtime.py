@@ -11,6 +11,7 @@ tests pin them against the installed flwr minor version.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from uuid import uuid4
@@ -122,20 +123,21 @@ def run_ray(server_app: ServerApp, client_app: ClientApp, scenario: Scenario) ->
 
     rt = scenario.runtime
     assert isinstance(rt, RayRuntime)
-    init_args: dict = {}
-    if rt.address:
-        init_args["address"] = rt.address
-    else:
-        init_args["num_cpus"] = os.cpu_count()
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=scenario.num_clients,
-        backend_config={
-            "client_resources": rt.client_resources.model_dump(),
-            "init_args": init_args,
-        },
-    )
+    init_args: dict = {"address": rt.address} if rt.address else {"num_cpus": os.cpu_count()}
+    # run_simulation announces its own deprecation (in favour of `flwr run`) on every call;
+    # fedsim keeps it behind this adapter, so only Flower's errors are shown.
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    flwr_logger.setLevel(logging.ERROR)
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=scenario.num_clients,
+            backend_config={"client_resources": rt.client_resources.model_dump(), "init_args": init_args},
+        )
+    finally:
+        flwr_logger.setLevel(level)
 
 
 RUNTIMES = {"inprocess": run_inprocess, "ray": run_ray}

@@ -61,3 +61,17 @@ def test_context_state_persists_across_rounds_on_the_inprocess_grid():
     for expected in (1, 2, 3):
         replies = grid.send_and_receive([Message(RecordDict(), n, "train") for n in grid.get_node_ids()])
         assert [int(r.content["m"]["n"]) for r in replies] == [expected, expected]
+
+
+def test_flower_internals_used_by_the_adapter_match_the_pinned_minor():
+    """fedsim/runtime.py uses Run and TaskIdentity (internal): pinned to flwr 1.41."""
+    import flwr
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.run import Run
+    from flwr.supercore.task_identity import TaskIdentity
+
+    assert flwr.__version__.startswith("1.41."), flwr.__version__
+    assert SUPERLINK_NODE_ID == 1
+    assert Run.create_empty(7).run_id == 7
+    TaskIdentity.run_id = 7
+    assert TaskIdentity.run_id == 7

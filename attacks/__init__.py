@@ -1,0 +1,1 @@
+"""Attacks: Byzantine client attacks and gradient-inversion attacks (see README)."""

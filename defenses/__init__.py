@@ -1,0 +1,1 @@
+"""Privacy defenses: client mods and server wrappers, and protocol-changing defenses."""
