@@ -37,11 +37,54 @@ def run(file: ScenarioFile, overrides: Overrides = None) -> None:
     from fedsim.experiment import run_scenario
 
     scenario = _load(file, overrides)
+    if scenario.sweep:
+        sweep(file, [])
+        return
     try:
         run_scenario(scenario)
     except (ValueError, FileNotFoundError) as exc:  # data or set-up problems the user can fix
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
+
+
+@app.command()
+def sweep(
+    file: ScenarioFile,
+    axes: Annotated[list[str] | None, typer.Argument(help="grid axes: key.path=v1,v2,...")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="configurations run in parallel processes")] = 1,
+    out_dir: Annotated[Path | None, typer.Option("--dir", help="sweep directory (default runs/<name>-sweep)")] = None,
+) -> None:
+    """Run every combination of the scenario's sweep: grid and the axes given here."""
+    from fedsim.sweep import run_sweep
+
+    try:
+        sweep_dir = run_sweep(file, axes or [], jobs=jobs, out_dir=out_dir, log=err.print)
+    except ScenarioError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    err.print(f"sweep directory: {sweep_dir}  (fedsim report {sweep_dir})")
+
+
+@app.command()
+def report(
+    sweep_dir: Annotated[Path, typer.Argument(help="a sweep directory")],
+    target: Annotated[float, typer.Option(help="accuracy for 'rounds to target'")] = 0.9,
+) -> None:
+    """Table over a sweep's runs (mean ± std over seeds) and comparison plots."""
+    from fedsim.sweep import report as make_report
+
+    try:
+        table = make_report(sweep_dir, target)
+    except ScenarioError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    view = Table(title=f"{sweep_dir}")
+    for col in table.columns:
+        view.add_column(str(col), justify="left" if col == "config" else "right")
+    for row in table.itertuples(index=False):
+        view.add_row(*(str(v) for v in row))
+    out.print(view)
+    err.print(f"wrote {sweep_dir / 'report.csv'} and {sweep_dir / 'report_accuracy.png'}")
 
 
 @app.command()

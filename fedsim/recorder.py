@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedsim.scenario import Scenario
+from fedsim.sinks import make_sinks
 
 
 def new_run_dir(root: str | Path, name: str) -> Path:
@@ -43,6 +44,7 @@ class Recorder:
         (self.dir / "scenario.yaml").write_text(yaml.safe_dump(scenario.to_dict(), sort_keys=False))
         self.rows: list[dict] = []
         self._jsonl = open(self.dir / "metrics.jsonl", "a", buffering=1)
+        self.sinks = make_sinks(scenario, self.dir)
         self.console = console or Console(stderr=True)
         self._progress: Progress | None = None
         if scenario.output.progress:
@@ -61,6 +63,8 @@ class Recorder:
     def log(self, row: dict) -> None:
         self.rows.append(row)
         self._jsonl.write(json.dumps(row) + "\n")
+        for sink in self.sinks:
+            sink.log(row)
         if self._progress is not None:
             acc = _last(self.rows, "test_acc")
             status = f"acc {acc:.4f}" if acc is not None else ""
@@ -70,7 +74,10 @@ class Recorder:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        self._jsonl.close()
+        if not self._jsonl.closed:
+            self._jsonl.close()
+            for sink in self.sinks:
+                sink.close()
 
     def finish(self, model: torch.nn.Module | None) -> pd.DataFrame:
         """Write the CSV, the plot and the model; print a summary; return the metrics."""
@@ -81,6 +88,7 @@ class Recorder:
             plot_metrics(df, self.dir / "metrics.png", self.scenario.name)
         if self.scenario.output.save_model and model is not None:
             torch.save(model.state_dict(), self.dir / "model.pt")
+        (self.dir / "summary.json").write_text(json.dumps(summarize(df), indent=1))
         if self.scenario.output.progress:
             self.console.print(summary_table(df, self.scenario.name))
             self.console.print(f"run directory: {self.dir}")
@@ -102,12 +110,10 @@ def read_metrics(run_dir: str | Path) -> pd.DataFrame:
 
 
 def plot_metrics(df: pd.DataFrame, path: Path, title: str) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax_acc, ax_loss = fig.subplots(1, 2)
     if "test_acc" in df:
         d = df.dropna(subset=["test_acc"])
         ax_acc.plot(d["round"], d["test_acc"], marker=".", label="test (global model)")
@@ -124,7 +130,19 @@ def plot_metrics(df: pd.DataFrame, path: Path, title: str) -> None:
     ax_loss.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
+
+
+def summarize(df: pd.DataFrame) -> dict:
+    """The run's headline numbers (its presence marks a complete run)."""
+    acc = df["test_acc"].dropna() if "test_acc" in df else pd.Series(dtype=float)
+    return {
+        "rounds": len(df),
+        "final_test_acc": float(acc.iloc[-1]) if len(acc) else None,
+        "best_test_acc": float(acc.max()) if len(acc) else None,
+        "bytes_down": int(df["bytes_down"].sum()) if "bytes_down" in df else 0,
+        "bytes_up": int(df["bytes_up"].sum()) if "bytes_up" in df else 0,
+        "seconds": float(df["seconds"].sum()) if "seconds" in df else 0.0,
+    }
 
 
 def summary_table(df: pd.DataFrame, name: str) -> Table:

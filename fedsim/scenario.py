@@ -86,6 +86,9 @@ class Output(_Strict):
     save_model: bool = True
     plot: bool = True
     progress: bool = True
+    tensorboard: bool = False
+    mlflow: bool = False
+    mlflow_tracking_uri: str | None = Field(None, description="default: sqlite:///<dir>/mlflow.db")
 
 
 class Scenario(_Strict):
@@ -101,6 +104,7 @@ class Scenario(_Strict):
     evaluation: Evaluation = Evaluation()
     runtime: Runtime = InProcessRuntime()
     output: Output = Output()
+    sweep: dict[str, list[Any]] | None = Field(None, description="dotted key -> values; run with fedsim sweep")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
