@@ -22,7 +22,7 @@ from torch import nn
 from fedsim import registry
 from fedsim.records import to_record, to_state_dict
 from fedsim.scenario import Scenario, from_json
-from fedsim.training import evaluate, local_sgd, torch_generator
+from fedsim.training import derive_seed, evaluate, local_sgd, torch_generator
 
 STATE_KEY = "fedsim"
 INDEX_KEY = "fedsim.partition"
@@ -160,9 +160,29 @@ def setup(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    """Run the strategy's client handler with torch's global RNG (dropout masks, random
+    layers) seeded from (seed, round, client), and restored afterwards."""
     env = _env(context)
     handler: Handler = registry.get("strategy", env.scenario.strategy.name).extras.get("client", fedavg_train)
-    return Message(handler(msg.content, env), reply_to=msg)
+    server_round = int(msg.content["config"]["server-round"]) if "config" in msg.content else 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(env.scenario.seed, server_round, env.partition_id, "torch"))
+        return Message(handler(msg.content, env), reply_to=msg)
+
+
+@app.query("checkpoint")
+def checkpoint(msg: Message, context: Context) -> Message:
+    """Hand the server this node's persistent state (all but the set-up records)."""
+    state = RecordDict({k: v for k, v in context.state.items() if k not in (STATE_KEY, INDEX_KEY)})
+    return Message(state, reply_to=msg)
+
+
+@app.query("restore")
+def restore(msg: Message, context: Context) -> Message:
+    """Put back the state a checkpoint holds for this node."""
+    for key, value in msg.content.items():
+        context.state[key] = value
+    return Message(RecordDict(), reply_to=msg)
 
 
 @app.evaluate()
