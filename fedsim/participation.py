@@ -30,6 +30,7 @@ end-of-run record ``participation.json`` (for metrics and the weights plot) and
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -166,7 +167,7 @@ def client_uniforms(seed: int, server_round: int, num_clients: int, purpose: str
     return np.random.default_rng(seed_sequence(seed, purpose, server_round)).random(num_clients)
 
 
-class Process:
+class Process(ABC):
     """A participation process over N clients: ``available(t)`` is I^t ∈ {0,1}^N.
 
     Rounds must be asked for in increasing order (the Markov chain carries state).
@@ -180,8 +181,8 @@ class Process:
     def num_clients(self) -> int:
         return len(self.p)
 
-    def available(self, server_round: int) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def available(self, server_round: int) -> np.ndarray: ...
 
 
 class Bernoulli(Process):

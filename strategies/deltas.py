@@ -18,6 +18,8 @@ reports its size in bytes, measured as the sum of the held arrays' ``nbytes``, a
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
@@ -94,13 +96,13 @@ class UpdateAggregation(SeededSampling, flwr_strategy.FedAvg):
         self._x = self._layout.flatten(arrays)
         return super().configure_train(server_round, arrays, config, grid)
 
+    @abstractmethod
     def direction(self, participants: np.ndarray, deltas: np.ndarray) -> tuple[np.ndarray, dict]:
         """Aggregated update from the participants' partition ids and their Δ_n (rows).
 
         Called every round, also when nobody participated (then with 0 rows). Returns the
         direction (d,) and extra metrics for the round's row.
         """
-        raise NotImplementedError
 
     def aggregate_train(self, server_round: int, replies) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self.last_round = server_round
@@ -119,9 +121,3 @@ class UpdateAggregation(SeededSampling, flwr_strategy.FedAvg):
         metrics["server_state_bytes"] = state_nbytes(self.state)
         return self._layout.unflatten(self._x + self.global_lr * step), metrics
 
-
-def participation_mask(participants: np.ndarray, num_clients: int) -> np.ndarray:
-    """I^t ∈ {0,1}^N from the partition ids that answered this round."""
-    mask = np.zeros(num_clients, dtype=bool)
-    mask[participants] = True
-    return mask

@@ -20,8 +20,8 @@ in a list and averages it; the running mean here is the same number with O(1) me
 client. The cutoff K (``cutoff``; None = ∞, the code's default ``-k-adaptive 100000``)
 trades bias for variance for clients that participate rarely.
 
-The server learns who participated from the replies (partition ids via the grid); it never
-sees p_n. Clients run plain local SGD and return their models; Δ_n = y_n − x is computed on
+The server learns who participated from the replies (partition ids via the grid; a client
+whose reply is an error did not participate); it never sees p_n. Clients run plain local SGD and return their models; Δ_n = y_n − x is computed on
 the server (``strategies.deltas``). State: three length-N vectors.
 """
 
@@ -34,7 +34,7 @@ from pydantic import Field
 
 from fedsim.client import fedavg_train
 from fedsim.registry import register
-from strategies.deltas import UpdateAggregation, UpdateParams, participation_mask
+from strategies.deltas import UpdateAggregation, UpdateParams
 
 
 class FedAUParams(UpdateParams):
@@ -72,6 +72,13 @@ def update_intervals(state: IntervalState, participated: np.ndarray, cutoff: int
     count = state.count + closed
     mean = np.where(closed, (state.count * state.mean + length) / np.maximum(count, 1), state.mean)
     return IntervalState(mean, count, np.where(censored, 0, gap))
+
+
+def participation_mask(participants: np.ndarray, num_clients: int) -> np.ndarray:
+    """I^t ∈ {0,1}^N from the partition ids that answered this round."""
+    mask = np.zeros(num_clients, dtype=bool)
+    mask[participants] = True
+    return mask
 
 
 def fedau_direction(deltas: np.ndarray, weights: np.ndarray, num_clients: int) -> np.ndarray:
