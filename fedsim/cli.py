@@ -140,5 +140,17 @@ def partitions(file: ScenarioFile, overrides: Overrides = None) -> None:
     out.print(table)
 
 
+@app.command(name="plot-weights")
+def plot_weights(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> None:
+    """Plot a FedAU run's estimated weights against the true 1/p_n (fedau_weights.png)."""
+    from fedsim.participation import plot_weights as plot
+
+    missing = [f for f in ("participation.json", "fedau_weights.json") if not (run_dir / f).exists()]
+    if missing:
+        err.print(f"[red]error:[/red] {run_dir}: no {' or '.join(missing)} (a FedAU run with a participation section writes them)")
+        raise typer.Exit(2)
+    out.print(f"wrote {plot(run_dir)}")
+
+
 def main() -> None:
     app()

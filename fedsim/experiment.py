@@ -22,7 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from torch import nn
 
-from fedsim import client, registry
+from fedsim import client, participation, registry
 from fedsim.data import Dataset, load_dataset
 from fedsim.models import build_model
 from fedsim.partition import make_partitions
@@ -89,11 +89,16 @@ class FederatedLoop:
         for rnd in range(1, self.scenario.rounds + 1):
             arrays = self.round(rnd, arrays)
         self.model.load_state_dict(arrays.to_torch_state_dict())
+        # end-of-run records of the world and the strategy (ground truth, final estimates)
+        strategy_artifacts = getattr(self.strategy, "artifacts", dict)
+        for name, record in {**self.grid.artifacts(), **strategy_artifacts()}.items():
+            self.recorder.write_json(name, record)
         return arrays
 
     def round(self, rnd: int, arrays: ArrayRecord) -> ArrayRecord:
         start = time.perf_counter()
         sc = self.scenario
+        self.grid.start_round(rnd)
         messages = list(self.strategy.configure_train(rnd, arrays, ConfigRecord(), self.grid))
         replies = self.grid.send_and_receive(messages)
         agg_start = time.perf_counter()
@@ -142,6 +147,8 @@ def build_world(setup: ServerSetup, fleet: Fleet) -> GridWrapper:
     Order, strategy side first: participation → faults → byzantine → eavesdropper → fleet.
     """
     grid: GridWrapper = fleet
+    if setup.scenario.participation is not None:
+        grid = participation.ParticipationLayer(grid, participation.make_process(setup))
     return grid
 
 
@@ -171,4 +178,6 @@ def run_scenario(scenario: Scenario) -> RunResult:
     finally:
         recorder.close()
     metrics = recorder.finish(setup.model)
+    if scenario.output.plot and scenario.participation is not None:
+        participation.plot_weights(recorder.dir)  # estimated weights vs 1/p_n, when a strategy wrote them
     return RunResult(scenario, metrics, setup.model, recorder.dir)

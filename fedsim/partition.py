@@ -17,7 +17,10 @@ import warnings
 
 import numpy as np
 
+from pydantic import Field
+
 from fedsim.registry import Params, get, register
+from fedsim.training import seed_sequence
 
 
 class IidParams(Params):
@@ -115,6 +118,42 @@ def natural(params: IidParams, labels, num_clients, seed, groups=None):
     if len(users) != num_clients:
         raise ValueError(f"dataset has {len(users)} users but num_clients is {num_clients}")
     return [np.flatnonzero(groups == u) for u in users]
+
+
+class DirichletSharesParams(Params):
+    alpha: float = Field(0.1, gt=0, description="concentration α_d of each client's label mix")
+    min_partition_size: int = Field(1, ge=1, description="redraw the label mixes until every client has this many")
+
+
+@register("partitioner", "dirichlet_shares", params=DirichletSharesParams)
+def dirichlet_shares(params: DirichletSharesParams, labels, num_clients, seed, groups=None):
+    """Label skew, FedAU set-up: per-client label mix q_n ~ Dir(alpha), classes split by shares.
+
+    As ``partition`` in IBM/fedau ``util/util.py``: every client draws q_n ~ Dir(α_d·1_C);
+    the examples of class c (in dataset order) are cut into consecutive blocks, client n
+    taking the fraction q_{n,c} / Σ_m q_{m,c} (block ends rounded), so client sizes differ.
+    The official code can leave a client empty (and then divides by zero); here the label
+    mixes are redrawn from the next seeded stream until every client holds
+    ``min_partition_size`` examples.
+    """
+    num_classes = int(labels.max()) + 1
+    by_class = [np.flatnonzero(labels == c) for c in range(num_classes)]
+    for attempt in range(1000):
+        rng = np.random.default_rng(seed_sequence(seed, "dirichlet-shares", attempt))
+        q = rng.dirichlet(params.alpha * np.ones(num_classes), size=num_clients)
+        parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+        for c, idx in enumerate(by_class):
+            ends = np.round(len(idx) * np.cumsum(q[:, c]) / q[:, c].sum()).astype(np.int64)
+            starts = np.concatenate([[0], ends[:-1]])
+            for n in range(num_clients):
+                parts[n].append(idx[starts[n] : ends[n]])
+        out = [np.sort(np.concatenate(p)) for p in parts]
+        if min(len(p) for p in out) >= params.min_partition_size:
+            return out
+    raise ValueError(
+        f"dirichlet_shares: no draw in 1000 gave every one of {num_clients} clients "
+        f"{params.min_partition_size} examples; raise alpha or lower num_clients"
+    )
 
 
 def make_partitions(name: str, params: Params, labels, num_clients, seed, groups=None):

@@ -70,6 +70,12 @@ class Recorder:
             status = f"acc {acc:.4f}" if acc is not None else ""
             self._progress.update(self._task, completed=row["round"], status=status)
 
+    def write_json(self, name: str, record) -> Path:
+        """An end-of-run record (``<name>.json``) in the run directory."""
+        path = self.dir / f"{name}.json"
+        path.write_text(json.dumps(record))
+        return path
+
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()

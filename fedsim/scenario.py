@@ -100,6 +100,7 @@ class Scenario(_Strict):
     partition: Component = Component(name="iid")
     model: Component = Component(name="mlp")
     strategy: Component = Component(name="fedavg")
+    participation: Component | None = None  # exogenous client availability (fedsim.participation)
     client: ClientTraining = ClientTraining()
     evaluation: Evaluation = Evaluation()
     runtime: Runtime = InProcessRuntime()
@@ -115,7 +116,13 @@ class Scenario(_Strict):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-COMPONENTS = {"dataset": "dataset", "partition": "partitioner", "model": "model", "strategy": "strategy"}
+COMPONENTS = {
+    "dataset": "dataset",
+    "partition": "partitioner",
+    "model": "model",
+    "strategy": "strategy",
+    "participation": "participation",
+}
 
 
 # --------------------------------------------------------------------------- loading
@@ -143,11 +150,20 @@ def _line_index(text: str) -> dict[tuple, int]:
     return index
 
 
+def _strip_tags(loc: tuple, data: dict) -> tuple:
+    """Drop discriminated unions' tags from an error location: runtime.ray.x -> runtime.x,
+    participation.probabilities.uniform.low -> participation.probabilities.low."""
+    out, node = [], data
+    for part in loc:
+        if isinstance(node, dict) and part not in node and part in (node.get("name"), node.get("kind")):
+            continue
+        out.append(part)
+        node = node.get(part) if isinstance(node, dict) else None
+    return tuple(out)
+
+
 def _describe(err: dict, source: str, lines: dict[tuple, int], data: dict) -> str:
-    loc = tuple(err["loc"])
-    section = data.get(loc[0]) if loc else None
-    if len(loc) > 1 and isinstance(section, dict) and section.get("name") == loc[1]:
-        loc = (loc[0],) + loc[2:]  # drop a discriminated union's tag: runtime.ray.x -> runtime.x
+    loc = _strip_tags(tuple(err["loc"]), data)
     path = ".".join(str(p) for p in loc) or "(top level)"
     line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
     where = f"{source}:{line}" if line else source

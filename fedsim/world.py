@@ -51,9 +51,21 @@ class GridWrapper(Grid):
     def partition_of(self, message: Message) -> int:
         return self.inner.partition_of(message)
 
+    def partition_of_node(self, node_id: int) -> int:
+        return self.inner.partition_of_node(node_id)
+
+    def start_round(self, server_round: int) -> None:
+        """The server starts round ``server_round``: layers whose world changes per round
+        (participation, churn) advance here, before the strategy looks at the nodes."""
+        self.inner.start_round(server_round)
+
     def take_metrics(self) -> dict:
         """This round's metrics of every layer below and this one (then reset)."""
         return self.inner.take_metrics()
+
+    def artifacts(self) -> dict:
+        """End-of-run records of every layer (name -> JSON-able), written to the run directory."""
+        return self.inner.artifacts()
 
 
 def payload_bytes(content: RecordDict) -> int:
@@ -121,6 +133,15 @@ class Fleet(GridWrapper):
         """Partition id of the node that sent a reply (or is addressed by an instruction)."""
         nid = message.metadata.src_node_id if message.metadata.reply_to_message_id else message.metadata.dst_node_id
         return self.partition[nid]
+
+    def partition_of_node(self, node_id: int) -> int:
+        return self.partition[node_id]
+
+    def start_round(self, server_round: int) -> None:
+        """The fleet itself does not change between rounds."""
+
+    def artifacts(self) -> dict:
+        return {}
 
     def take_metrics(self) -> dict:
         """Bytes down and up since the last call."""
