@@ -40,11 +40,32 @@ def run(file: ScenarioFile, overrides: Overrides = None) -> None:
     if scenario.sweep:
         sweep(file, [])
         return
+    _execute(lambda: run_scenario(scenario))
+
+
+def _execute(job) -> None:
+    """Run a job; a divergence exits 1, a data or set-up problem 2, each with one message."""
+    from fedsim.experiment import Diverged
+
     try:
-        run_scenario(scenario)
+        job()
+    except Diverged as exc:
+        err.print(f"[red]stopped:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
     except (ValueError, FileNotFoundError) as exc:  # data or set-up problems the user can fix
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
+
+
+@app.command()
+def resume(run_dir: Annotated[Path, typer.Argument(help="a run directory with a checkpoint.pt")]) -> None:
+    """Continue a run from its last checkpoint (output.checkpoint_every)."""
+    from fedsim.experiment import resume_run
+
+    if not (run_dir / "scenario.yaml").exists():
+        err.print(f"[red]error:[/red] {run_dir}: not a run directory (no scenario.yaml)")
+        raise typer.Exit(2)
+    _execute(lambda: resume_run(run_dir))
 
 
 @app.command()

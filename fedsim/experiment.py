@@ -22,13 +22,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from torch import nn
 
-from fedsim import client, participation, registry
+from fedsim import checkpoint, client, participation, registry
 from fedsim.data import Dataset, load_dataset
 from fedsim.models import build_model
 from fedsim.partition import make_partitions
 from fedsim.recorder import Recorder
+from fedsim.records import to_record, to_state_dict
 from fedsim.runtime import RUNTIMES
 from fedsim.scenario import Scenario
+from fedsim.state import Checkpointable
 from fedsim.training import derive_seed, evaluate
 from fedsim.world import Fleet, GridWrapper
 
@@ -71,29 +73,65 @@ def prepare(scenario: Scenario) -> ServerSetup:
     return ServerSetup(scenario, ds, parts, model)
 
 
+class Diverged(RuntimeError):
+    """The run stopped because a loss became NaN or exploded; what was recorded is kept."""
+
+
 class FederatedLoop:
     """The server's round loop: a strategy driving the world's grid."""
 
-    def __init__(self, setup: ServerSetup, strategy, grid: GridWrapper, recorder: Recorder):
+    def __init__(self, setup: ServerSetup, strategy, grid: GridWrapper, fleet: Fleet, recorder: Recorder):
         self.setup = setup
         self.scenario = setup.scenario
         self.strategy = strategy
         self.grid = grid  # the world as the strategy sees it
+        self.fleet = fleet  # the world's innermost layer (the clients themselves)
         self.recorder = recorder
         self.model = setup.model
         self.x_test = torch.from_numpy(setup.dataset.x_test)
         self.y_test = torch.from_numpy(setup.dataset.y_test)
 
-    def run(self) -> ArrayRecord:
-        arrays = ArrayRecord(self.model.state_dict())
-        for rnd in range(1, self.scenario.rounds + 1):
+    def run(self, start_round: int = 1) -> ArrayRecord:
+        arrays = to_record(self.model.state_dict())
+        every = self.scenario.output.checkpoint_every
+        for rnd in range(start_round, self.scenario.rounds + 1):
             arrays = self.round(rnd, arrays)
-        self.model.load_state_dict(arrays.to_torch_state_dict())
+            if every and (rnd % every == 0 or rnd == self.scenario.rounds):
+                self.checkpoint(rnd, arrays)
+        self.model.load_state_dict(to_state_dict(arrays))
         # end-of-run records of the world and the strategy (ground truth, final estimates)
         strategy_artifacts = getattr(self.strategy, "artifacts", dict)
         for name, record in {**self.grid.artifacts(), **strategy_artifacts()}.items():
             self.recorder.write_json(name, record)
         return arrays
+
+    def checkpoint(self, rnd: int, arrays: ArrayRecord) -> None:
+        """Everything a resumed run needs to continue exactly (fedsim.checkpoint)."""
+        strategy_state = self.strategy.state_dict() if isinstance(self.strategy, Checkpointable) else {}
+        checkpoint.save(self.recorder.dir, {
+            "round": rnd,
+            "global": dict(to_state_dict(arrays)),
+            "strategy": strategy_state,
+            "world": self.grid.world_state(),
+            "clients": {pid: checkpoint.record_to_tree(rec) for pid, rec in self.fleet.client_states().items()},
+        })
+
+    def restore(self, state: dict) -> int:
+        """Put a checkpoint's state back in place; returns the round to continue from."""
+        self.model.load_state_dict(state["global"])
+        if isinstance(self.strategy, Checkpointable):
+            self.strategy.load_state_dict(state["strategy"])
+        self.grid.load_world_state(state["world"])
+        self.fleet.restore_client_states({pid: checkpoint.tree_to_record(t) for pid, t in state["clients"].items()})
+        return state["round"] + 1
+
+    def _check_divergence(self, row: dict) -> None:
+        bad = {k: row.get(k) for k in ("train_loss", "test_loss")}
+        bad = {k: v for k, v in bad.items() if v is not None and not (math.isfinite(v) and v <= self.scenario.evaluation.max_loss)}
+        if bad:
+            what = ", ".join(f"{k} = {v}" for k, v in bad.items())
+            raise Diverged(f"round {row['round']}: the run diverged ({what}; evaluation.max_loss = "
+                           f"{self.scenario.evaluation.max_loss:g}); metrics up to this round are in {self.recorder.dir}")
 
     def round(self, rnd: int, arrays: ArrayRecord) -> ArrayRecord:
         start = time.perf_counter()
@@ -131,14 +169,14 @@ class FederatedLoop:
         row["aggregate_seconds"] = agg_seconds
         row["seconds"] = time.perf_counter() - start
         self.recorder.log(row)
+        self._check_divergence(row)
         return arrays
 
 
 def _metric(record, key: str) -> float | None:
     if record is None or key not in record:
         return None
-    value = float(record[key])
-    return None if math.isnan(value) else value
+    return float(record[key])
 
 
 def build_world(setup: ServerSetup, fleet: Fleet) -> GridWrapper:
@@ -152,8 +190,9 @@ def build_world(setup: ServerSetup, fleet: Fleet) -> GridWrapper:
     return grid
 
 
-def make_server_app(setup: ServerSetup, recorder: Recorder) -> ServerApp:
-    """A ServerApp closed over this run's setup and recorder (it runs in this process)."""
+def make_server_app(setup: ServerSetup, recorder: Recorder, resume: dict | None = None) -> ServerApp:
+    """A ServerApp closed over this run's setup and recorder (it runs in this process);
+    ``resume`` is a checkpoint to continue from."""
     entry = registry.get("strategy", setup.scenario.strategy.name)
     strategy = entry.factory(setup.scenario.strategy.params, setup)
     scenario_json = json.dumps(setup.scenario.to_dict(), sort_keys=True)
@@ -163,21 +202,38 @@ def make_server_app(setup: ServerSetup, recorder: Recorder) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         fleet = Fleet(grid, setup.scenario.num_clients)
         fleet.connect(scenario_json, setup.partitions)
-        FederatedLoop(setup, strategy, build_world(setup, fleet), recorder).run()
+        loop = FederatedLoop(setup, strategy, build_world(setup, fleet), fleet, recorder)
+        loop.run(loop.restore(resume) if resume else 1)
 
     return app
 
 
-def run_scenario(scenario: Scenario) -> RunResult:
-    """Run one validated scenario on its runtime; returns metrics, final model, run dir."""
+def run_scenario(scenario: Scenario, resume_dir: Path | None = None) -> RunResult:
+    """Run one validated scenario on its runtime; returns metrics, final model, run dir.
+
+    With ``resume_dir``, continue that run from its last checkpoint. A run that diverges
+    raises ``Diverged`` after its files are written.
+    """
     logging.getLogger("flwr").setLevel(logging.WARNING)
     setup = prepare(scenario)
-    recorder = Recorder(scenario)
+    state = checkpoint.load(resume_dir) if resume_dir else None
+    recorder = Recorder(scenario, resume_dir=resume_dir, resume_round=state["round"] if state else 0)
     try:
-        RUNTIMES[scenario.runtime.name](make_server_app(setup, recorder), client.app, scenario)
+        RUNTIMES[scenario.runtime.name](make_server_app(setup, recorder, state), client.app, scenario)
+    except Diverged:
+        recorder.finish(None)
+        raise
     finally:
         recorder.close()
     metrics = recorder.finish(setup.model)
     if scenario.output.plot and scenario.participation is not None:
         participation.plot_weights(recorder.dir)  # estimated weights vs 1/p_n, when a strategy wrote them
     return RunResult(scenario, metrics, setup.model, recorder.dir)
+
+
+def resume_run(run_dir: str | Path) -> RunResult:
+    """Continue a run from its last checkpoint (``fedsim resume RUN_DIR``)."""
+    from fedsim.scenario import load
+
+    run_dir = Path(run_dir)
+    return run_scenario(load(run_dir / "scenario.yaml"), resume_dir=run_dir)

@@ -43,6 +43,7 @@ from fedsim import registry
 from fedsim.partition import label_histograms
 from fedsim.registry import Params, register
 from fedsim.training import seed_sequence
+from fedsim.state import Checkpointable
 from fedsim.world import GridWrapper
 
 if TYPE_CHECKING:
@@ -167,7 +168,7 @@ def client_uniforms(seed: int, server_round: int, num_clients: int, purpose: str
     return np.random.default_rng(seed_sequence(seed, purpose, server_round)).random(num_clients)
 
 
-class Process(ABC):
+class Process(Checkpointable, ABC):
     """A participation process over N clients: ``available(t)`` is I^t ∈ {0,1}^N.
 
     Rounds must be asked for in increasing order (the Markov chain carries state).
@@ -194,6 +195,8 @@ class Bernoulli(Process):
 
 class Markov(Process):
     """Two-state chain: off→on with r, on→off with r·(1/p_n − 1), rescaled to at most 1."""
+
+    checkpoint_fields = ("round", "state")
 
     def __init__(self, p: np.ndarray, seed: int, transition: float):
         super().__init__(p, seed)
@@ -260,13 +263,22 @@ def make_process(setup: ServerSetup) -> Process:
 # ------------------------------------------------------------------------ world layer
 
 
-class ParticipationLayer(GridWrapper):
+class ParticipationLayer(Checkpointable, GridWrapper):
     """Only the clients available this round are reachable; the rest never answer.
 
     ``get_node_ids`` lists the reachable nodes; messages to the others are dropped (no
     reply, no bytes), as a real server's would time out. Reports ``clients_available``
     per round and, at the end of the run, the ground truth (``participation.json``).
     """
+
+    checkpoint_fields = ("counts", "rounds")
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "process": self.process.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.process.load_state_dict(state["process"])
 
     def __init__(self, inner: GridWrapper, process: Process):
         super().__init__(inner)

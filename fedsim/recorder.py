@@ -38,11 +38,20 @@ def new_run_dir(root: str | Path, name: str) -> Path:
 
 
 class Recorder:
-    def __init__(self, scenario: Scenario, console: Console | None = None):
+    """Writes a run directory; ``resume_dir`` + ``resume_round`` reopen one, keeping the rows
+    up to that round (a killed run may have written rows past its last checkpoint)."""
+
+    def __init__(self, scenario: Scenario, console: Console | None = None,
+                 resume_dir: Path | None = None, resume_round: int = 0):
         self.scenario = scenario
-        self.dir = new_run_dir(scenario.output.dir, scenario.name)
-        (self.dir / "scenario.yaml").write_text(yaml.safe_dump(scenario.to_dict(), sort_keys=False))
-        self.rows: list[dict] = []
+        if resume_dir is None:
+            self.dir = new_run_dir(scenario.output.dir, scenario.name)
+            (self.dir / "scenario.yaml").write_text(yaml.safe_dump(scenario.to_dict(), sort_keys=False))
+            self.rows: list[dict] = []
+        else:
+            self.dir = Path(resume_dir)
+            self.rows = [r for r in _read_rows(self.dir / "metrics.jsonl") if r["round"] <= resume_round]
+            (self.dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.rows))
         self._jsonl = open(self.dir / "metrics.jsonl", "a", buffering=1)
         self.sinks = make_sinks(scenario, self.dir)
         self.console = console or Console(stderr=True)
@@ -57,7 +66,7 @@ class Recorder:
                 console=self.console,
                 transient=False,
             )
-            self._task = self._progress.add_task("rounds", total=scenario.rounds, status="")
+            self._task = self._progress.add_task("rounds", total=scenario.rounds, completed=resume_round, status="")
             self._progress.start()
 
     def log(self, row: dict) -> None:
@@ -109,10 +118,19 @@ def _last(rows: list[dict], key: str):
     return None
 
 
+def _read_rows(path: Path) -> list[dict]:
+    """The complete rows of a JSONL file (a run killed mid-write leaves a partial last line)."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
 def read_metrics(run_dir: str | Path) -> pd.DataFrame:
-    path = Path(run_dir) / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(_read_rows(Path(run_dir) / "metrics.jsonl"))
 
 
 def plot_metrics(df: pd.DataFrame, path: Path, title: str) -> None:

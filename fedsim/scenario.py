@@ -58,6 +58,7 @@ class ClientTraining(_Strict):
 
 class Evaluation(_Strict):
     eval_every: int = Field(1, ge=1)
+    max_loss: float = Field(1e4, gt=0, description="stop the run when a loss is NaN or above this")
     federated: bool = False
     batch_size: int = Field(1024, ge=1)
 
@@ -86,6 +87,7 @@ class Output(_Strict):
     save_model: bool = True
     plot: bool = True
     progress: bool = True
+    checkpoint_every: int = Field(0, ge=0, description="save checkpoint.pt every k rounds (0: never)")
     tensorboard: bool = False
     mlflow: bool = False
     mlflow_tracking_uri: str | None = Field(None, description="default: sqlite:///<dir>/mlflow.db")

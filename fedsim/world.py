@@ -18,6 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedsim.client import index_array
+from fedsim.state import Checkpointable
 
 
 class GridWrapper(Grid):
@@ -66,6 +67,16 @@ class GridWrapper(Grid):
     def artifacts(self) -> dict:
         """End-of-run records of every layer (name -> JSON-able), written to the run directory."""
         return self.inner.artifacts()
+
+    def world_state(self) -> list[dict]:
+        """Checkpointable state of this layer and every layer below, top first."""
+        own = self.state_dict() if isinstance(self, Checkpointable) else {}
+        return [own, *self.inner.world_state()]
+
+    def load_world_state(self, states: list[dict]) -> None:
+        if isinstance(self, Checkpointable):
+            self.load_state_dict(states[0])
+        self.inner.load_world_state(states[1:])
 
 
 def payload_bytes(content: RecordDict) -> int:
@@ -142,6 +153,21 @@ class Fleet(GridWrapper):
 
     def artifacts(self) -> dict:
         return {}
+
+    def world_state(self) -> list[dict]:
+        return []
+
+    def load_world_state(self, states: list[dict]) -> None:
+        """The fleet's own state is re-made by ``connect``; clients' by ``restore``."""
+
+    def client_states(self) -> dict[int, RecordDict]:
+        """Every node's persistent ``Context.state`` (for a checkpoint), by partition id."""
+        msgs = [Message(RecordDict(), nid, f"{MessageType.QUERY}.checkpoint") for nid in self.get_node_ids()]
+        return {self.partition_of(r): r.content for r in self._exchange(msgs)}
+
+    def restore_client_states(self, states: dict[int, RecordDict]) -> None:
+        msgs = [Message(states[pid], self.node[pid], f"{MessageType.QUERY}.restore") for pid in sorted(states)]
+        self._exchange(msgs)
 
     def take_metrics(self) -> dict:
         """Bytes down and up since the last call."""

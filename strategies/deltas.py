@@ -28,6 +28,7 @@ from pydantic import Field
 
 from fedsim.registry import Params
 from fedsim.sampling import SeededSampling
+from fedsim.state import Checkpointable
 
 
 class UpdateParams(Params):
@@ -67,11 +68,13 @@ def state_nbytes(state) -> int:
     return int(sum(v.nbytes for v in vars(state).values() if isinstance(v, np.ndarray)))
 
 
-class UpdateAggregation(SeededSampling, flwr_strategy.FedAvg):
+class UpdateAggregation(Checkpointable, SeededSampling, flwr_strategy.FedAvg):
     """Base: send x to every reachable client, aggregate their updates, x ← x + η·direction.
 
     Subclasses implement :meth:`direction` (and keep their state in ``self.state``).
     """
+
+    checkpoint_fields = ("state", "last_round")
 
     def __init__(self, num_clients: int, global_lr: float, seed: int, fraction_evaluate: float = 1.0):
         super().__init__(
