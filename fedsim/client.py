@@ -10,6 +10,7 @@ scenario, and the model is reset in place from each incoming message.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ from fedsim.scenario import Scenario, from_json
 from fedsim.training import derive_seed, evaluate, local_sgd, torch_generator
 
 STATE_KEY = "fedsim"
+CRASH = "fedsim.crash"  # config flags the fault-injection layer sets (fedsim.faults)
+DELAY = "fedsim.delay"
 INDEX_KEY = "fedsim.partition"
 
 app = ClientApp()
@@ -164,7 +167,12 @@ def train(msg: Message, context: Context) -> Message:
     layers) seeded from (seed, round, client), and restored afterwards."""
     env = _env(context)
     handler: Handler = registry.get("strategy", env.scenario.strategy.name).extras.get("client", fedavg_train)
-    server_round = int(msg.content["config"]["server-round"]) if "config" in msg.content else 0
+    config = msg.content["config"] if "config" in msg.content else {}
+    server_round = int(config.get("server-round", 0))
+    if config.get(CRASH):
+        raise RuntimeError(f"injected crash of client {env.partition_id} (faults.crash_probability)")
+    if config.get(DELAY):
+        time.sleep(float(config[DELAY]))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(env.scenario.seed, server_round, env.partition_id, "torch"))
         return Message(handler(msg.content, env), reply_to=msg)

@@ -24,6 +24,7 @@ from torch import nn
 
 from fedsim import checkpoint, client, participation, registry
 from fedsim.data import Dataset, load_dataset
+from fedsim.faults import FaultLayer
 from fedsim.models import build_model
 from fedsim.partition import make_partitions
 from fedsim.recorder import Recorder
@@ -185,6 +186,8 @@ def build_world(setup: ServerSetup, fleet: Fleet) -> GridWrapper:
     Order, strategy side first: participation → faults → byzantine → eavesdropper → fleet.
     """
     grid: GridWrapper = fleet
+    if setup.scenario.faults is not None:
+        grid = FaultLayer(grid, setup.scenario.faults, setup.scenario.seed)
     if setup.scenario.participation is not None:
         grid = participation.ParticipationLayer(grid, participation.make_process(setup))
     return grid

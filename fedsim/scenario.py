@@ -82,6 +82,15 @@ class RayRuntime(_Strict):
 Runtime = Annotated[InProcessRuntime | RayRuntime, Field(discriminator="name")]
 
 
+class Faults(_Strict):
+    """Injected faults (fedsim.faults): crashing clients and stragglers."""
+
+    crash_probability: float = Field(0.0, ge=0, le=1)
+    straggler_probability: float = Field(0.0, ge=0, le=1)
+    straggler_delay: float = Field(0.0, ge=0, description="seconds a straggler sleeps before training")
+    deadline: float | None = Field(None, gt=0, description="seconds the server waits for a straggler")
+
+
 class Output(_Strict):
     dir: str = "runs"
     save_model: bool = True
@@ -102,6 +111,7 @@ class Scenario(_Strict):
     partition: Component = Component(name="iid")
     model: Component = Component(name="mlp")
     strategy: Component = Component(name="fedavg")
+    faults: Faults | None = None  # injected client crashes and stragglers (fedsim.faults)
     participation: Component | None = None  # exogenous client availability (fedsim.participation)
     client: ClientTraining = ClientTraining()
     evaluation: Evaluation = Evaluation()
