@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from fedsim.models import build_model
 from fedsim.partition import make_partitions
 from fedsim.recorder import Recorder
 from fedsim.runtime import RUNTIMES
-from fedsim.scenario import Scenario
+from fedsim.scenario import DeploymentRuntime, Scenario
 from fedsim.training import derive_seed, evaluate
 from fedsim.world import Fleet, GridWrapper
 
@@ -51,7 +52,7 @@ class ServerSetup:
 class RunResult:
     scenario: Scenario
     metrics: pd.DataFrame
-    model: nn.Module
+    model: nn.Module | None  # None when a deployment's run directory is on another host
     run_dir: Path
 
     @property
@@ -145,30 +146,55 @@ def build_world(setup: ServerSetup, fleet: Fleet) -> GridWrapper:
     return grid
 
 
+def make_fleet(grid: Grid, scenario: Scenario) -> Fleet:
+    """The innermost world layer over a runtime's grid; real networks get timeouts."""
+    rt = scenario.runtime
+    if isinstance(rt, DeploymentRuntime):
+        return Fleet(grid, scenario.num_clients, timeout=rt.round_timeout, poll_interval=rt.poll_interval)
+    return Fleet(grid, scenario.num_clients)
+
+
 def make_server_app(setup: ServerSetup, recorder: Recorder) -> ServerApp:
-    """A ServerApp closed over this run's setup and recorder (it runs in this process)."""
+    """A ServerApp closed over this run's setup and recorder."""
     entry = registry.get("strategy", setup.scenario.strategy.name)
     strategy = entry.factory(setup.scenario.strategy.params, setup)
     scenario_json = json.dumps(setup.scenario.to_dict(), sort_keys=True)
+    rt = setup.scenario.runtime
+    connect_s = rt.connect_timeout if isinstance(rt, DeploymentRuntime) else 300.0
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        fleet = Fleet(grid, setup.scenario.num_clients)
-        fleet.connect(scenario_json, setup.partitions)
+        fleet = make_fleet(grid, setup.scenario)
+        fleet.connect(scenario_json, setup.partitions, wait_s=connect_s)
         FederatedLoop(setup, strategy, build_world(setup, fleet), recorder).run()
 
     return app
 
 
-def run_scenario(scenario: Scenario) -> RunResult:
-    """Run one validated scenario on its runtime; returns metrics, final model, run dir."""
+def execute(scenario: Scenario, launch: Callable[[ServerApp], None], run_dir: Path | None = None) -> RunResult:
+    """Build the run's ServerApp, hand it to ``launch`` (which runs it on a grid), record.
+
+    Every runtime takes this path: ``inprocess`` and ``ray`` launch the app from here; on
+    a deployment, fedsim's Flower ServerApp (``fedsim.deploy``) calls this inside the
+    SuperLink's ServerApp process with the grid Flower gives it.
+    """
     logging.getLogger("flwr").setLevel(logging.WARNING)
     setup = prepare(scenario)
-    recorder = Recorder(scenario)
+    recorder = Recorder(scenario, run_dir)
     try:
-        RUNTIMES[scenario.runtime.name](make_server_app(setup, recorder), client.app, scenario)
+        launch(make_server_app(setup, recorder))
     finally:
         recorder.close()
     metrics = recorder.finish(setup.model)
     return RunResult(scenario, metrics, setup.model, recorder.dir)
+
+
+def run_scenario(scenario: Scenario) -> RunResult:
+    """Run one validated scenario on its runtime; returns metrics, final model, run dir."""
+    if isinstance(scenario.runtime, DeploymentRuntime):
+        from fedsim.deployment import submit
+
+        return submit(scenario)
+    runtime = RUNTIMES[scenario.runtime.name]
+    return execute(scenario, lambda server_app: runtime(server_app, client.app, scenario))

@@ -37,34 +37,29 @@ def new_run_dir(root: str | Path, name: str) -> Path:
 
 
 class Recorder:
-    def __init__(self, scenario: Scenario, console: Console | None = None):
+    """Writes one run's directory: a new one under ``output.dir``, or ``run_dir`` when given
+    (a deployment's submitter names it; it may exist, empty)."""
+
+    def __init__(self, scenario: Scenario, run_dir: str | Path | None = None, console: Console | None = None):
         self.scenario = scenario
-        self.dir = new_run_dir(scenario.output.dir, scenario.name)
+        if run_dir is None:
+            self.dir = new_run_dir(scenario.output.dir, scenario.name)
+        else:
+            self.dir = Path(run_dir)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if (self.dir / "metrics.jsonl").exists():
+                raise FileExistsError(f"{self.dir} already holds a run")
         (self.dir / "scenario.yaml").write_text(yaml.safe_dump(scenario.to_dict(), sort_keys=False))
         self.rows: list[dict] = []
         self._jsonl = open(self.dir / "metrics.jsonl", "a", buffering=1)
         self.console = console or Console(stderr=True)
-        self._progress: Progress | None = None
-        if scenario.output.progress:
-            self._progress = Progress(
-                TextColumn(f"[bold]{scenario.name}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"),
-                TimeElapsedColumn(),
-                console=self.console,
-                transient=False,
-            )
-            self._task = self._progress.add_task("rounds", total=scenario.rounds, status="")
-            self._progress.start()
+        self._progress = RoundProgress(scenario, self.console) if scenario.output.progress else None
 
     def log(self, row: dict) -> None:
         self.rows.append(row)
         self._jsonl.write(json.dumps(row) + "\n")
         if self._progress is not None:
-            acc = _last(self.rows, "test_acc")
-            status = f"acc {acc:.4f}" if acc is not None else ""
-            self._progress.update(self._task, completed=row["round"], status=status)
+            self._progress.log(self.rows)
 
     def close(self) -> None:
         if self._progress is not None:
@@ -85,6 +80,31 @@ class Recorder:
             self.console.print(summary_table(df, self.scenario.name))
             self.console.print(f"run directory: {self.dir}")
         return df
+
+
+class RoundProgress:
+    """A rich progress bar over the rounds, showing the latest test accuracy."""
+
+    def __init__(self, scenario: Scenario, console: Console):
+        self._bar = Progress(
+            TextColumn(f"[bold]{scenario.name}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self._task = self._bar.add_task("rounds", total=scenario.rounds, status="")
+        self._bar.start()
+
+    def log(self, rows: list[dict]) -> None:
+        acc = _last(rows, "test_acc")
+        status = f"acc {acc:.4f}" if acc is not None else ""
+        self._bar.update(self._task, completed=rows[-1]["round"], status=status)
+
+    def stop(self) -> None:
+        self._bar.stop()
 
 
 def _last(rows: list[dict], key: str):
