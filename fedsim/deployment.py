@@ -21,7 +21,9 @@ in this module; tests pin them against the installed flwr minor version.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import time
@@ -92,7 +94,8 @@ def control_client(superlink: str, root_certificates: str | Path | None = None, 
         root_certificates=str(Path(root_certificates).resolve()) if root_certificates else None,
         insecure=insecure,
     )
-    return init_http_client_from_connection(conn)
+    with contextlib.redirect_stdout(io.StringIO()):  # Flower's CLI helper announces the connection
+        return init_http_client_from_connection(conn)
 
 
 def register_nodes(client, public_keys: list[Path]) -> list[int]:
@@ -139,7 +142,11 @@ def submit(scenario: Scenario, console: Console | None = None):
     client = control_client(rt.superlink, rt.root_certificates, rt.insecure)
     try:
         blob = json.dumps(scenario.to_dict(), sort_keys=True)
-        run_id = start_run(client, {"scenario": blob, "run-dir": str(run_dir)})
+        try:
+            run_id = start_run(client, {"scenario": blob, "run-dir": str(run_dir)})
+        except httpx.HTTPError as exc:
+            run_dir.rmdir()
+            raise DeploymentError(f"cannot submit the run to the SuperLink at {rt.superlink}: {exc}") from None
         if scenario.output.progress:
             console.print(f"Flower run {run_id} on {rt.superlink}; run directory {run_dir}")
         follower = _Follower(scenario, run_dir, console)
