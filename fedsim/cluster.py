@@ -229,6 +229,16 @@ class LocalCluster:
     def node_name(self, i: int) -> str:
         return f"supernode-{i}"
 
+    def superlink_command(self) -> list[str]:
+        health = f"127.0.0.1:{free_port()}"
+        return superlink_command(host="127.0.0.1", port=self.port, certs=self.certs, node_auth=self.node_auth, health=health)
+
+    def supernode_command(self, i: int, port: int) -> list[str]:
+        return supernode_command(
+            superlink=self.superlink, partition_id=i, num_partitions=self.nodes, port=port,
+            certs=self.certs, node_auth=self.node_auth, health=f"127.0.0.1:{free_port()}",
+        )
+
     def pid(self, name: str) -> int:
         return self.processes[name].pid
 
@@ -253,9 +263,7 @@ class LocalCluster:
         """Start the SuperLink, register node keys, start the SuperNodes, wait until all are online."""
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
-            self._spawn("superlink", superlink_command(
-                host="127.0.0.1", port=self.port, certs=self.certs, node_auth=self.node_auth
-            ))
+            self._spawn("superlink", self.superlink_command())
             superlink = self.processes["superlink"]
             ca = self.certs.ca_cert if self.certs else None
             client = wait_for_superlink(self.superlink, ca, timeout, alive=lambda: _alive(superlink.pid))
@@ -263,10 +271,7 @@ class LocalCluster:
                 if self.node_auth:
                     register(client, [self.certs.node_public_key(i) for i in range(self.nodes)])
                 for i in range(self.nodes):
-                    self._spawn(self.node_name(i), supernode_command(
-                        superlink=self.superlink, partition_id=i, num_partitions=self.nodes, port=free_port(),
-                        certs=self.certs, node_auth=self.node_auth,
-                    ))
+                    self._spawn(self.node_name(i), self.supernode_command(i, free_port()))
                 deadline = time.monotonic() + timeout
                 while (online := online_nodes(client)) < self.nodes:
                     dead = [p.name for p in self.processes.values() if not _alive(p.pid)]
