@@ -9,9 +9,9 @@ Security defaults: TLS with fedsim's own CA (``fedsim certs``) and SuperNode
 authentication (each node's public key is registered with the SuperLink before the node
 starts); ``insecure`` only when asked, and ``LocalCluster`` binds to 127.0.0.1 only.
 
-A local cluster is stopped by process id: every process is started in its own session,
-so its process group (the SuperNode's SuperExec and ClientApp children included) is
-signalled by the leader's pid, which the state file records with its command line.
+A local cluster is stopped by process id: every process it starts, and every process
+those start, carries the cluster's token in its environment; ``stop`` signals exactly the
+live processes with that token (Linux ``/proc``), so a reused pid is never hit.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +37,7 @@ SUPERLINK_PORT = 8000  # Flower 1.41's SuperLink: Control, ServerAppIo and Fleet
 SUPERNODE_PORT = 9094  # a SuperNode's own Runtime API, for the ClientApp processes it starts
 HEALTH_ADDRESS = "127.0.0.1:9099"  # gRPC health service in each container (`fedsim health`)
 STATE_FILE = "cluster.json"
+TOKEN_VAR = "FEDSIM_CLUSTER"  # in the environment of every process a LocalCluster starts
 
 
 def superlink_command(*, host: str, port: int, certs: Certs | None, node_auth: bool, health: str | None = None) -> list[str]:
@@ -139,7 +142,7 @@ def free_port() -> int:
 
 
 def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (state, ppid, pgrp, ...), None if gone."""
+    """Fields of /proc/PID/stat after the command name (state, ppid, ...), None if gone."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -152,44 +155,32 @@ def _alive(pid: int) -> bool:
     return stat is not None and stat[0] != "Z"
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
-    except OSError:
-        return []
+def tagged_processes(token: str) -> list[int]:
+    """Live processes started by a cluster: they and their descendants carry its token.
 
-
-def _group_members(pgid: int) -> list[int]:
-    """Live processes of process group ``pgid``."""
-    members = []
+    Flower detaches some children into sessions of their own (the SuperLink's SuperExec
+    and ServerApp), so neither parent links nor process groups reach them all; the
+    environment they inherit does, and no other process has this token."""
+    needle = f"{TOKEN_VAR}={token}".encode()
+    pids = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _stat(int(entry.name))) and stat[0] != "Z" and int(stat[2]) == pgid:
-            members.append(int(entry.name))
-    return members
-
-
-def _is_flower(pid: int) -> bool:
-    return any("flower-" in part or "flwr-" in part for part in _cmdline(pid)[:2])
-
-
-def stop_process(pid: int, grace: float = 10.0) -> None:
-    """Stop the process group led by ``pid``: TERM, then KILL after ``grace`` seconds.
-
-    Only Flower processes are signalled: a group whose members run something else (the
-    pid was reused since) is left alone. Children of a crashed leader are reached through
-    the group id, which they keep.
-    """
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        members = _group_members(pid)
-        if not members or not all(_is_flower(m) for m in members):
-            return
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
         try:
-            os.killpg(pid, sig)
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and _alive(int(entry.name)):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
         except ProcessLookupError:
-            return
-        deadline = time.monotonic() + grace
-        while _group_members(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
+            pass
 
 
 @dataclass
@@ -208,7 +199,10 @@ class LocalCluster:
     SuperNode's key ``certs.node_key(i)`` is registered before the node starts.
     """
 
-    def __init__(self, directory: str | Path, nodes: int, certs: Certs | None, node_auth: bool = True, port: int = 0):
+    def __init__(
+        self, directory: str | Path, nodes: int, certs: Certs | None, node_auth: bool = True, port: int = 0,
+        token: str | None = None,
+    ):
         if node_auth and certs is None:
             raise ValueError("SuperNode authentication needs TLS certificates and node keys (fedsim certs)")
         self.dir = Path(directory).resolve()
@@ -216,6 +210,7 @@ class LocalCluster:
         self.certs = certs
         self.node_auth = node_auth
         self.port = port or free_port()
+        self.token = token or uuid.uuid4().hex
         self.processes: dict[str, Process] = {}
 
     @property
@@ -244,8 +239,11 @@ class LocalCluster:
 
     def env(self, name: str) -> dict[str, str]:
         env = dict(os.environ) | FLOWER_ENV
+        # Flower's commands from this Python environment first (the SuperLink starts flower-superexec)
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env["FLWR_HOME"] = str(self.dir / "flwr" / name)  # one Flower state dir per process
         env["OMP_NUM_THREADS"] = "1"  # N nodes share this host's cores; one torch thread each
+        env[TOKEN_VAR] = self.token
         return env
 
     def _spawn(self, name: str, command: list[str]) -> None:
@@ -290,10 +288,19 @@ class LocalCluster:
         """Send ``sig`` to one process (not its group): a crash, as a failure test wants it."""
         os.kill(self.pid(name), sig)
 
-    def stop(self) -> None:
-        """Stop SuperNodes first, then the SuperLink; forget the state file."""
+    def stop(self, grace: float = 10.0) -> None:
+        """TERM the SuperNodes, then the SuperLink, then whatever they started; KILL what is
+        left after ``grace`` seconds. Forgets the state file."""
         for proc in reversed(list(self.processes.values())):
-            stop_process(proc.pid)
+            if proc.pid in tagged_processes(self.token):  # still ours (not a reused pid)
+                _signal([proc.pid], signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while (left := tagged_processes(self.token)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        _signal(left, signal.SIGTERM)
+        time.sleep(min(1.0, grace))
+        _signal(tagged_processes(self.token), signal.SIGKILL)
+        for proc in self.processes.values():
             if proc.popen is not None:
                 proc.popen.wait()
         self.processes.clear()
@@ -307,6 +314,7 @@ class LocalCluster:
             "certs": str(self.certs.dir) if self.certs else None,
             "node_auth": self.node_auth,
             "nodes": self.nodes,
+            "token": self.token,
             "processes": [{"name": p.name, "pid": p.pid, "command": p.command, "log": p.log} for p in self.processes.values()],
         }
         (self.dir / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -319,7 +327,8 @@ class LocalCluster:
         except OSError:
             raise FileNotFoundError(f"no cluster state in {path}: is a cluster up there?") from None
         certs = Certs(Path(state["certs"])) if state["certs"] else None
-        cluster = cls(directory, state["nodes"], certs, state["node_auth"], port=int(state["superlink"].rsplit(":", 1)[1]))
+        port = int(state["superlink"].rsplit(":", 1)[1])
+        cluster = cls(directory, state["nodes"], certs, state["node_auth"], port=port, token=state["token"])
         for p in state["processes"]:
             cluster.processes[p["name"]] = Process(p["name"], p["command"], p["pid"], p["log"])
         return cluster

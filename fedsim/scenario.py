@@ -107,7 +107,9 @@ class DeploymentRuntime(_Strict):
     round_timeout: float = Field(
         600.0, gt=0, description="seconds to wait for a round's replies; nodes silent by then count as failed"
     )
-    connect_timeout: float = Field(300.0, gt=0, description="seconds to wait until num_clients SuperNodes are connected")
+    connect_timeout: float = Field(
+        300.0, gt=0, description="seconds to wait for num_clients SuperNodes, and for each set-up exchange with them"
+    )
     poll_interval: float = Field(0.5, gt=0, description="seconds between the server's pulls for replies")
 
     @field_validator("superlink")

@@ -86,14 +86,16 @@ class Fleet(GridWrapper):
         self.bytes_up = 0
 
     def connect(self, scenario_json: str, partitions: list[np.ndarray], wait_s: float = 300.0) -> None:
-        """Wait for every node, learn its partition id, send it the scenario and its indices."""
+        """Wait for every node, learn its partition id, send it the scenario and its indices.
+
+        ``wait_s`` bounds the wait for the nodes and each of the two set-up exchanges."""
         deadline = time.monotonic() + wait_s
         while len(nodes := sorted(self.inner.get_node_ids())) < self.num_clients:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {len(nodes)} of {self.num_clients} nodes connected in {wait_s:.0f} s")
             time.sleep(max(self.poll_interval, 0.05))
         hello = [Message(RecordDict(), nid, f"{MessageType.QUERY}.hello") for nid in nodes]
-        for reply in self._exchange(hello):
+        for reply in self._exchange(hello, wait_s):
             pid = int(reply.content["node"]["partition-id"])
             if pid in self.node:
                 raise RuntimeError(f"two nodes hold partition {pid}: each SuperNode needs its own partition-id")
@@ -117,10 +119,10 @@ class Fleet(GridWrapper):
             )
             for pid in range(self.num_clients)
         ]
-        self._exchange(setup)
+        self._exchange(setup, wait_s)
 
-    def _exchange(self, messages: list[Message]) -> list[Message]:
-        replies = self._send(messages, self.timeout)
+    def _exchange(self, messages: list[Message], timeout: float) -> list[Message]:
+        replies = self._send(messages, timeout)
         errors = [r for r in replies if r.has_error()]
         if errors:
             raise RuntimeError(f"node set-up failed: {errors[0].error.reason}")
