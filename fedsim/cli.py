@@ -44,7 +44,9 @@ def run(file: ScenarioFile, overrides: Overrides = None) -> None:
 
 
 def _execute(job) -> None:
-    """Run a job; a divergence exits 1, a data or set-up problem 2, each with one message."""
+    """Run a job; a divergence or a deployment that could not finish exits 1, a data or
+    set-up problem 2, each with one message."""
+    from fedsim.deployment import DeploymentError
     from fedsim.experiment import Diverged
 
     try:
@@ -55,6 +57,9 @@ def _execute(job) -> None:
     except (ValueError, FileNotFoundError) as exc:  # data or set-up problems the user can fix
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
+    except DeploymentError as exc:  # the run started on a SuperLink and could not finish
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -171,6 +176,125 @@ def plot_weights(run_dir: Annotated[Path, typer.Argument(help="a run directory")
         err.print(f"[red]error:[/red] {run_dir}: no {' or '.join(missing)} (a FedAU run with a participation section writes them)")
         raise typer.Exit(2)
     out.print(f"wrote {plot(run_dir)}")
+
+
+@app.command()
+def certs(
+    directory: Annotated[Path, typer.Argument(help="where to write them")],
+    nodes: Annotated[int, typer.Option(help="SuperNode key pairs to write (node-<i>.key/.pub)")] = 0,
+    host: Annotated[list[str] | None, typer.Option(help="another name or address the SuperLink is reached at")] = None,
+    days: Annotated[int, typer.Option(help="validity of the CA and server certificate")] = 365,
+) -> None:
+    """Write a CA, the SuperLink's TLS certificate and SuperNode keys (kept when present)."""
+    from fedsim.certs import generate, server_hosts
+
+    c = generate(directory, nodes=nodes, hosts=tuple(host or ()), days=days)
+    out.print(f"CA {c.ca_cert}; SuperLink certificate {c.server_cert} for {', '.join(sorted(server_hosts(c)))}")
+    if nodes:
+        out.print(f"SuperNode keys {c.node_key(0).name} .. {c.node_key(nodes - 1).name} (public: .pub) in {c.dir}")
+
+
+cluster_app = typer.Typer(no_args_is_help=True, help="A local SuperLink and SuperNodes on 127.0.0.1 (deployment runtime).")
+app.add_typer(cluster_app, name="cluster")
+ClusterDir = Annotated[Path, typer.Option("--dir", help="state directory (pids, logs, certificates)")]
+
+
+@cluster_app.command("up")
+def cluster_up(
+    nodes: Annotated[int, typer.Option(help="SuperNodes to start: one per client of the scenario")],
+    port: Annotated[int, typer.Option(help="the SuperLink's port on 127.0.0.1")] = 8000,
+    directory: ClusterDir = Path(".fedsim-cluster"),
+    insecure: Annotated[bool, typer.Option(help="plain HTTP instead of TLS (127.0.0.1 only)")] = False,
+    node_auth: Annotated[bool, typer.Option(help="SuperNode authentication (TLS only)")] = True,
+) -> None:
+    """Start a SuperLink and N SuperNodes on 127.0.0.1; prints the runtime overrides to use."""
+    from fedsim.certs import generate
+    from fedsim.cluster import STATE_FILE, LocalCluster
+
+    if (directory / STATE_FILE).exists():
+        err.print(f"[red]error:[/red] a cluster is up in {directory}: fedsim cluster down --dir {directory}")
+        raise typer.Exit(2)
+    certs = None if insecure else generate(directory / "certs", nodes=nodes if node_auth else 0)
+    cluster = LocalCluster(directory, nodes, certs, node_auth=node_auth and not insecure, port=port)
+    try:
+        cluster.start()
+    except RuntimeError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    rt = " ".join(f"runtime.{k}={v}" for k, v in cluster.runtime().items())
+    out.print(f"SuperLink {cluster.superlink} and {nodes} SuperNodes are up; logs in {cluster.dir / 'logs'}")
+    out.print(f"fedsim run FILE num_clients={nodes} {rt}", highlight=False)
+
+
+@cluster_app.command("down")
+def cluster_down(directory: ClusterDir = Path(".fedsim-cluster")) -> None:
+    """Stop the cluster started in this state directory (by the process ids it recorded)."""
+    from fedsim.cluster import LocalCluster
+
+    try:
+        cluster = LocalCluster.load(directory)
+    except FileNotFoundError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    cluster.stop()
+    out.print(f"stopped the SuperLink {cluster.superlink} and its SuperNodes")
+
+
+@cluster_app.command("register")
+def cluster_register(
+    keys: Annotated[list[Path], typer.Argument(help="SuperNode public keys (node-<i>.pub)")],
+    superlink: Annotated[str, typer.Option(help="HOST:PORT")],
+    root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the SuperLink")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the SuperLink")] = 120.0,
+) -> None:
+    """Register SuperNode public keys with a SuperLink started with --enable-supernode-auth."""
+    from fedsim.cluster import register, wait_for_superlink
+
+    if root_certificates is None:
+        err.print("[red]error:[/red] node registration needs TLS: --root-certificates CA")
+        raise typer.Exit(2)
+    try:
+        client = wait_for_superlink(superlink, root_certificates, timeout)
+    except RuntimeError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    try:
+        for line in register(client, keys):
+            out.print(line, highlight=False)
+    finally:
+        client.close()
+
+
+@app.command()
+def compose(
+    file: ScenarioFile,
+    overrides: Overrides = None,
+    image: Annotated[str, typer.Option(help="the fedsim image (built from ./Dockerfile)")] = "fedsim:latest",
+) -> None:
+    """Print a Docker compose file: SuperLink, one SuperNode per client, and the run."""
+    from fedsim.cluster import compose_yaml
+
+    sc = _load(file, overrides)
+    print(compose_yaml(str(file), list(overrides or []), sc.num_clients, image), end="")
+
+
+@app.command()
+def health(
+    address: Annotated[str, typer.Argument(envvar="FEDSIM_HEALTH_ADDRESS", help="gRPC health service HOST:PORT")] = "127.0.0.1:9099",
+) -> None:
+    """Exit 0 when a Flower process's health service (--health-server-address) is serving."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    except grpc.RpcError as exc:
+        err.print(f"unhealthy: {address}: {exc.code().name}")
+        raise typer.Exit(1) from None
+    if reply.status != health_pb2.HealthCheckResponse.SERVING:
+        err.print(f"unhealthy: {address}: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}")
+        raise typer.Exit(1)
 
 
 def main() -> None:

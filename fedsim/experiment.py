@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from fedsim.partition import make_partitions
 from fedsim.recorder import Recorder
 from fedsim.records import to_record, to_state_dict
 from fedsim.runtime import RUNTIMES
-from fedsim.scenario import Scenario
+from fedsim.scenario import DeploymentRuntime, Scenario
 from fedsim.state import Checkpointable
 from fedsim.training import derive_seed, evaluate
 from fedsim.world import Fleet, GridWrapper
@@ -54,7 +55,7 @@ class ServerSetup:
 class RunResult:
     scenario: Scenario
     metrics: pd.DataFrame
-    model: nn.Module
+    model: nn.Module | None  # None when a deployment's run directory is on another host
     run_dir: Path
 
     @property
@@ -193,36 +194,50 @@ def build_world(setup: ServerSetup, fleet: Fleet) -> GridWrapper:
     return grid
 
 
+def make_fleet(grid: Grid, scenario: Scenario) -> Fleet:
+    """The innermost world layer over a runtime's grid; real networks get timeouts."""
+    rt = scenario.runtime
+    if isinstance(rt, DeploymentRuntime):
+        return Fleet(grid, scenario.num_clients, timeout=rt.round_timeout, poll_interval=rt.poll_interval)
+    return Fleet(grid, scenario.num_clients)
+
+
 def make_server_app(setup: ServerSetup, recorder: Recorder, resume: dict | None = None) -> ServerApp:
-    """A ServerApp closed over this run's setup and recorder (it runs in this process);
-    ``resume`` is a checkpoint to continue from."""
+    """A ServerApp closed over this run's setup and recorder; ``resume`` is a checkpoint to
+    continue from."""
     entry = registry.get("strategy", setup.scenario.strategy.name)
     strategy = entry.factory(setup.scenario.strategy.params, setup)
     scenario_json = json.dumps(setup.scenario.to_dict(), sort_keys=True)
+    rt = setup.scenario.runtime
+    connect_s = rt.connect_timeout if isinstance(rt, DeploymentRuntime) else 300.0
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        fleet = Fleet(grid, setup.scenario.num_clients)
-        fleet.connect(scenario_json, setup.partitions)
+        fleet = make_fleet(grid, setup.scenario)
+        fleet.connect(scenario_json, setup.partitions, wait_s=connect_s)
         loop = FederatedLoop(setup, strategy, build_world(setup, fleet), fleet, recorder)
         loop.run(loop.restore(resume) if resume else 1)
 
     return app
 
 
-def run_scenario(scenario: Scenario, resume_dir: Path | None = None) -> RunResult:
-    """Run one validated scenario on its runtime; returns metrics, final model, run dir.
+def execute(scenario: Scenario, launch: Callable[[ServerApp], None], run_dir: Path | None = None,
+            resume: bool = False) -> RunResult:
+    """Build the run's ServerApp, hand it to ``launch`` (which runs it on a grid), record.
 
-    With ``resume_dir``, continue that run from its last checkpoint. A run that diverges
-    raises ``Diverged`` after its files are written.
+    Every runtime takes this path: ``inprocess`` and ``ray`` launch the app from here; on
+    a deployment, fedsim's Flower ServerApp (``fedsim.deploy``) calls this inside the
+    SuperLink's ServerApp process with the grid Flower gives it. With ``resume``, the run
+    in ``run_dir`` continues from its last checkpoint. A run that diverges raises
+    ``Diverged`` after its files are written.
     """
     logging.getLogger("flwr").setLevel(logging.WARNING)
     setup = prepare(scenario)
-    state = checkpoint.load(resume_dir) if resume_dir else None
-    recorder = Recorder(scenario, resume_dir=resume_dir, resume_round=state["round"] if state else 0)
+    state = checkpoint.load(run_dir) if resume else None
+    recorder = Recorder(scenario, run_dir, resume_round=state["round"] if state else 0)
     try:
-        RUNTIMES[scenario.runtime.name](make_server_app(setup, recorder, state), client.app, scenario)
+        launch(make_server_app(setup, recorder, state))
     except Diverged:
         recorder.finish(None)
         raise
@@ -232,6 +247,20 @@ def run_scenario(scenario: Scenario, resume_dir: Path | None = None) -> RunResul
     if scenario.output.plot and scenario.participation is not None:
         participation.plot_weights(recorder.dir)  # estimated weights vs 1/p_n, when a strategy wrote them
     return RunResult(scenario, metrics, setup.model, recorder.dir)
+
+
+def run_scenario(scenario: Scenario, resume_dir: Path | None = None) -> RunResult:
+    """Run one validated scenario on its runtime (or continue ``resume_dir`` from its last
+    checkpoint); returns metrics, final model, run dir."""
+    if isinstance(scenario.runtime, DeploymentRuntime):
+        from fedsim.deployment import submit
+
+        if resume_dir is not None:
+            raise ValueError("resuming a deployment run is not supported; resume it on inprocess or ray")
+        return submit(scenario)
+    runtime = RUNTIMES[scenario.runtime.name]
+    return execute(scenario, lambda server_app: runtime(server_app, client.app, scenario),
+                   run_dir=resume_dir, resume=resume_dir is not None)
 
 
 def resume_run(run_dir: str | Path) -> RunResult:

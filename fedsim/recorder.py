@@ -38,36 +38,32 @@ def new_run_dir(root: str | Path, name: str) -> Path:
 
 
 class Recorder:
-    """Writes a run directory; ``resume_dir`` + ``resume_round`` reopen one, keeping the rows
-    up to that round (a killed run may have written rows past its last checkpoint)."""
+    """Writes one run's directory: a new one under ``output.dir``; ``run_dir`` when given (a
+    deployment's submitter names it; it may exist, empty); or, with ``resume_round``, an
+    existing run reopened at that round, keeping the rows up to it (a killed run may have
+    written rows past its last checkpoint)."""
 
-    def __init__(self, scenario: Scenario, console: Console | None = None,
-                 resume_dir: Path | None = None, resume_round: int = 0):
+    def __init__(self, scenario: Scenario, run_dir: str | Path | None = None, console: Console | None = None,
+                 resume_round: int = 0):
         self.scenario = scenario
-        if resume_dir is None:
+        self.rows: list[dict] = []
+        if run_dir is None:
             self.dir = new_run_dir(scenario.output.dir, scenario.name)
-            (self.dir / "scenario.yaml").write_text(yaml.safe_dump(scenario.to_dict(), sort_keys=False))
-            self.rows: list[dict] = []
-        else:
-            self.dir = Path(resume_dir)
+        elif resume_round:
+            self.dir = Path(run_dir)
             self.rows = [r for r in _read_rows(self.dir / "metrics.jsonl") if r["round"] <= resume_round]
             (self.dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        else:
+            self.dir = Path(run_dir)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if (self.dir / "metrics.jsonl").exists():
+                raise FileExistsError(f"{self.dir} already holds a run")
+        if not resume_round:
+            (self.dir / "scenario.yaml").write_text(yaml.safe_dump(scenario.to_dict(), sort_keys=False))
         self._jsonl = open(self.dir / "metrics.jsonl", "a", buffering=1)
         self.sinks = make_sinks(scenario, self.dir)
         self.console = console or Console(stderr=True)
-        self._progress: Progress | None = None
-        if scenario.output.progress:
-            self._progress = Progress(
-                TextColumn(f"[bold]{scenario.name}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"),
-                TimeElapsedColumn(),
-                console=self.console,
-                transient=False,
-            )
-            self._task = self._progress.add_task("rounds", total=scenario.rounds, completed=resume_round, status="")
-            self._progress.start()
+        self._progress = RoundProgress(scenario, self.console, resume_round) if scenario.output.progress else None
 
     def log(self, row: dict) -> None:
         self.rows.append(row)
@@ -75,9 +71,7 @@ class Recorder:
         for sink in self.sinks:
             sink.log(row)
         if self._progress is not None:
-            acc = _last(self.rows, "test_acc")
-            status = f"acc {acc:.4f}" if acc is not None else ""
-            self._progress.update(self._task, completed=row["round"], status=status)
+            self._progress.log(self.rows)
 
     def write_json(self, name: str, record) -> Path:
         """An end-of-run record (``<name>.json``) in the run directory."""
@@ -108,6 +102,31 @@ class Recorder:
             self.console.print(summary_table(df, self.scenario.name))
             self.console.print(f"run directory: {self.dir}")
         return df
+
+
+class RoundProgress:
+    """A rich progress bar over the rounds, showing the latest test accuracy."""
+
+    def __init__(self, scenario: Scenario, console: Console, start_round: int = 0):
+        self._bar = Progress(
+            TextColumn(f"[bold]{scenario.name}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self._task = self._bar.add_task("rounds", total=scenario.rounds, completed=start_round, status="")
+        self._bar.start()
+
+    def log(self, rows: list[dict]) -> None:
+        acc = _last(rows, "test_acc")
+        status = f"acc {acc:.4f}" if acc is not None else ""
+        self._bar.update(self._task, completed=rows[-1]["round"], status=status)
+
+    def stop(self) -> None:
+        self._bar.stop()
 
 
 def _last(rows: list[dict], key: str):

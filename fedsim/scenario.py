@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import ipaddress
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
 from fedsim import registry
 
@@ -79,7 +80,62 @@ class RayRuntime(_Strict):
     client_resources: ClientResources = ClientResources()
 
 
-Runtime = Annotated[InProcessRuntime | RayRuntime, Field(discriminator="name")]
+def split_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as (host, port); ValueError when malformed."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8000")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class DeploymentRuntime(_Strict):
+    """A running Flower SuperLink with one SuperNode per client (``fedsim cluster up``, compose.yaml)."""
+
+    name: Literal["deployment"]
+    superlink: str = Field("127.0.0.1:8000", description="HOST:PORT of the SuperLink (one HTTP port for all its APIs)")
+    root_certificates: str | None = Field(
+        None, description="CA certificate (PEM) that signed the SuperLink's; null: the system trust store"
+    )
+    allow_insecure_remote: bool = Field(False, description="allow insecure: true for a SuperLink off this host")
+    insecure: bool = Field(False, description="plain HTTP without TLS: loopback SuperLinks only, unless allowed")
+    round_timeout: float = Field(
+        600.0, gt=0, description="seconds to wait for a round's replies; nodes silent by then count as failed"
+    )
+    connect_timeout: float = Field(
+        300.0, gt=0, description="seconds to wait for num_clients SuperNodes, and for each set-up exchange with them"
+    )
+    poll_interval: float = Field(0.5, gt=0, description="seconds between the server's pulls for replies")
+
+    @field_validator("superlink")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        split_address(value)
+        return value
+
+    @field_validator("insecure")
+    @classmethod
+    def _insecure_only_on_loopback(cls, insecure: bool, info: ValidationInfo) -> bool:
+        if not insecure:
+            return insecure
+        if info.data.get("root_certificates"):
+            raise ValueError("insecure (no TLS) contradicts root_certificates; set one of them")
+        superlink = info.data.get("superlink")
+        if superlink and not info.data.get("allow_insecure_remote") and not is_loopback(split_address(superlink)[0]):
+            raise ValueError(
+                f"insecure (plain HTTP) is allowed only for a loopback SuperLink, not {superlink}: "
+                "use TLS (root_certificates) or set allow_insecure_remote: true"
+            )
+        return insecure
+
+
+Runtime = Annotated[InProcessRuntime | RayRuntime | DeploymentRuntime, Field(discriminator="name")]
 
 
 class Faults(_Strict):

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedsim.client import index_array
@@ -84,36 +84,51 @@ def payload_bytes(content: RecordDict) -> int:
     return sum(rec.count_bytes() for rec in content.array_records.values())
 
 
-class Fleet(GridWrapper):
-    """The clients of one run, addressed by partition id; meters traffic."""
+NODE_UNAVAILABLE = 5  # flwr ErrorCode.NODE_UNAVAILABLE: the code of the replies fedsim writes for silent nodes
 
-    def __init__(self, inner: Grid, num_clients: int, timeout: float | None = None):
+
+class Fleet(GridWrapper):
+    """The clients of one run, addressed by partition id; meters traffic; times rounds out.
+
+    ``send_and_receive`` pushes the messages, then pulls the replies every
+    ``poll_interval`` seconds until all are in or ``timeout`` seconds have passed. A node
+    that has not replied by then (a crashed SuperNode, a lost link) gets an error reply
+    "no reply within T s", so the round goes on with the others and the recorder lists
+    the node under ``failed_clients``. Error replies the SuperLink writes on a node's
+    behalf (node unavailable) are re-addressed to come from that node.
+    """
+
+    def __init__(self, inner: Grid, num_clients: int, timeout: float | None = None, poll_interval: float = 0.005):
         super().__init__(inner)
         self.num_clients = num_clients
         self.timeout = timeout
+        self.poll_interval = poll_interval
         self.partition: dict[int, int] = {}
         self.node: dict[int, int] = {}
         self.bytes_down = 0
         self.bytes_up = 0
-        # Flower's in-memory grid polls every 0.1 s; the in-process grid answers at once.
-        if hasattr(inner, "pull_interval"):
-            inner.pull_interval = 0.005
 
     def connect(self, scenario_json: str, partitions: list[np.ndarray], wait_s: float = 300.0) -> None:
-        """Wait for every node, learn its partition id, send it the scenario and its indices."""
+        """Wait for every node, learn its partition id, send it the scenario and its indices.
+
+        ``wait_s`` bounds the wait for the nodes and each of the two set-up exchanges."""
         deadline = time.monotonic() + wait_s
         while len(nodes := sorted(self.inner.get_node_ids())) < self.num_clients:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {len(nodes)} of {self.num_clients} nodes connected in {wait_s:.0f} s")
-            time.sleep(0.05)
+            time.sleep(max(self.poll_interval, 0.05))
         hello = [Message(RecordDict(), nid, f"{MessageType.QUERY}.hello") for nid in nodes]
-        for reply in self._exchange(hello):
+        for reply in self._exchange(hello, wait_s):
             pid = int(reply.content["node"]["partition-id"])
+            if pid in self.node:
+                raise RuntimeError(f"two nodes hold partition {pid}: each SuperNode needs its own partition-id")
+            if not 0 <= pid < self.num_clients:
+                raise RuntimeError(f"a node holds partition {pid}, but the scenario has {self.num_clients} clients")
             self.partition[reply.metadata.src_node_id] = pid
-        missing = sorted(set(range(self.num_clients)) - set(self.partition.values()))
+            self.node[pid] = reply.metadata.src_node_id
+        missing = sorted(set(range(self.num_clients)) - set(self.node))
         if missing:
             raise RuntimeError(f"no node holds partitions {missing}")
-        self.node = {pid: nid for nid, pid in self.partition.items()}
         setup = [
             Message(
                 RecordDict(
@@ -127,14 +142,36 @@ class Fleet(GridWrapper):
             )
             for pid in range(self.num_clients)
         ]
-        self._exchange(setup)
+        self._exchange(setup, wait_s)
 
-    def _exchange(self, messages: list[Message]) -> list[Message]:
-        replies = list(self.inner.send_and_receive(messages, timeout=self.timeout))
+    def _exchange(self, messages: list[Message], timeout: float | None, what: str = "node set-up") -> list[Message]:
+        """Messages every node must answer (set-up, checkpoints): an error stops the run."""
+        replies = self._send(messages, timeout)
         errors = [r for r in replies if r.has_error()]
-        if errors or len(replies) != len(messages):
-            reason = errors[0].error.reason if errors else f"{len(replies)} of {len(messages)} replied"
-            raise RuntimeError(f"node set-up failed: {reason}")
+        if errors:
+            raise RuntimeError(f"{what} failed: {errors[0].error.reason}")
+        return replies
+
+    def _send(self, messages: list[Message], timeout: float | None) -> list[Message]:
+        """Push, then pull until every message has a reply or ``timeout`` runs out."""
+        pushed = set(self.inner.push_messages(messages))
+        pending = {m.metadata.message_id: m for m in messages if m.metadata.message_id in pushed}
+        unsent = [m for m in messages if m.metadata.message_id not in pending]
+        replies = [Message(Error(NODE_UNAVAILABLE, "the message could not be sent"), reply_to=m) for m in unsent]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pending:
+            for reply in self.inner.pull_messages(list(pending)):
+                instruction = pending.pop(reply.metadata.reply_to_message_id, None)
+                if instruction is None:
+                    continue
+                if reply.has_error() and reply.metadata.src_node_id != instruction.metadata.dst_node_id:
+                    # written by the SuperLink on the node's behalf (e.g. node unavailable)
+                    reply = Message(reply.error, reply_to=instruction)
+                replies.append(reply)
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(self.poll_interval)
+        replies += [Message(Error(NODE_UNAVAILABLE, f"no reply within {timeout:g} s"), reply_to=m) for m in pending.values()]
         return replies
 
     def get_node_ids(self) -> list[int]:
@@ -163,11 +200,11 @@ class Fleet(GridWrapper):
     def client_states(self) -> dict[int, RecordDict]:
         """Every node's persistent ``Context.state`` (for a checkpoint), by partition id."""
         msgs = [Message(RecordDict(), nid, f"{MessageType.QUERY}.checkpoint") for nid in self.get_node_ids()]
-        return {self.partition_of(r): r.content for r in self._exchange(msgs)}
+        return {self.partition_of(r): r.content for r in self._exchange(msgs, self.timeout, "checkpoint")}
 
     def restore_client_states(self, states: dict[int, RecordDict]) -> None:
         msgs = [Message(states[pid], self.node[pid], f"{MessageType.QUERY}.restore") for pid in sorted(states)]
-        self._exchange(msgs)
+        self._exchange(msgs, self.timeout, "restoring client state")
 
     def take_metrics(self) -> dict:
         """Bytes down and up since the last call."""
@@ -178,7 +215,6 @@ class Fleet(GridWrapper):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         messages = list(messages)
         self.bytes_down += sum(payload_bytes(m.content) for m in messages)
-        replies = list(self.inner.send_and_receive(messages, timeout=timeout or self.timeout))
+        replies = self._send(messages, timeout or self.timeout)
         self.bytes_up += sum(payload_bytes(r.content) for r in replies if not r.has_error())
         return sorted(replies, key=self.partition_of)
-
