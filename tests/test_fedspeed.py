@@ -204,7 +204,9 @@ def _fedspeed_rounds(quadratic, rho, alpha, lamb, rounds, variant="paper"):
     duals = [_zeros() for _ in range(N)]
     x, h_mean = _zeros(), _zeros()
 
-    def direction(model, batch):
+    def direction(model, batch):  # ρ = 0: the plain gradient, exactly (tested above)
+        if rho == 0:
+            return gradient(model, batch, _objective)
         return sam_gradient(model, batch, rho=rho, alpha=alpha, normalize=False, objective=_objective)
 
     for _ in range(rounds):
@@ -312,6 +314,20 @@ def test_client_state_persists_across_rounds(tiny, name):
     assert (m["client_state_bytes"] == 4 * per_client).all()
     server = {"scaffold": 1, "feddyn": 1, "fedspeed": 0, "fedspeed-code": 1}[name]
     assert (m["server_state_bytes"] == server * per_client).all()
+
+
+def test_fedspeed_paper_and_code_variants_agree_under_full_participation(tiny):
+    """The variants differ in the server rule only through which duals are averaged:
+    with every client in every round, mean_P x̂_i = mean_P x_iK + mean_all h_i."""
+    local = {"lamb": 0.1, "alpha": 1.0, "sam_normalize": True, "max_grad_norm": 10.0, "fraction_train": 1.0}
+    tiny.update(rounds=3)
+    paper = fedsim.run(tiny, strategy={"name": "fedspeed", "variant": "paper", **local}).metrics
+    code = fedsim.run(tiny, strategy={"name": "fedspeed", "variant": "code", **local}).metrics
+    np.testing.assert_allclose(paper["test_loss"], code["test_loss"], rtol=1e-5)
+    tiny.update(strategy={"name": "fedspeed", "variant": "paper", **local, "fraction_train": 0.5})
+    partial = fedsim.run(tiny).metrics
+    tiny["strategy"]["variant"] = "code"
+    assert not np.allclose(partial["test_loss"], fedsim.run(tiny).metrics["test_loss"], rtol=1e-3)
 
 
 @pytest.mark.slow
