@@ -1,3 +1,15 @@
 """Built-in strategies: one module per algorithm; importing this package registers them."""
 
-from strategies import fedau, fedavg, fedavg_updates, fedprox, fedvarp, known_prob, mifa  # noqa: F401
+from strategies import (  # noqa: F401
+    fedau,
+    fedavg,
+    fedavg_updates,
+    feddyn,
+    fedprox,
+    fedsam,
+    fedspeed,
+    fedvarp,
+    known_prob,
+    mifa,
+    scaffold,
+)
