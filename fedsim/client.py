@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from fedsim.training import evaluate, local_sgd, torch_generator
 
 STATE_KEY = "fedsim"
 INDEX_KEY = "fedsim.partition"
+# Record a Byzantine world layer adds to a compromised client's train instruction when
+# the scenario's attack poisons data (label flip): the client then trains on that data.
+POISON_KEY = "fedsim.poison"
 
 app = ClientApp()
 
@@ -35,6 +38,7 @@ class _Shared:
     model: nn.Module
     x: torch.Tensor
     y: torch.Tensor
+    num_classes: int
 
 
 @functools.lru_cache(maxsize=4)
@@ -45,7 +49,7 @@ def _shared(blob: str) -> _Shared:
     scenario = from_json(blob)
     ds = load_dataset(scenario.dataset.name, scenario.dataset.raw_params(), scenario.seed)
     model = build_model(scenario.model.name, scenario.model.raw_params(), ds.input_shape, ds.num_classes)
-    return _Shared(scenario, model, torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train))
+    return _Shared(scenario, model, torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train), ds.num_classes)
 
 
 _partitions: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -72,6 +76,7 @@ class ClientEnv:
     x: torch.Tensor
     y: torch.Tensor
     state: RecordDict
+    num_classes: int
 
     def load(self, arrays: ArrayRecord) -> nn.Module:
         self.model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
@@ -107,7 +112,7 @@ def _env(context: Context) -> ClientEnv:
     pid = int(context.state[STATE_KEY]["partition-id"])
     shared = _shared(blob)
     x, y = _partition(blob, pid, context.state[INDEX_KEY]["indices"])
-    return ClientEnv(shared.scenario, pid, shared.model, x, y, context.state)
+    return ClientEnv(shared.scenario, pid, shared.model, x, y, context.state, shared.num_classes)
 
 
 def fedavg_train(content: RecordDict, env: ClientEnv) -> RecordDict:
@@ -139,6 +144,9 @@ def setup(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     env = _env(context)
+    if POISON_KEY in msg.content:  # compromised by a data-poisoning Byzantine attack
+        attack = env.scenario.byzantine
+        env = replace(env, y=registry.get("byzantine", attack.name).factory(attack.params, env.y, env.num_classes))
     handler: Handler = registry.get("strategy", env.scenario.strategy.name).extras.get("client", fedavg_train)
     return Message(handler(msg.content, env), reply_to=msg)
 

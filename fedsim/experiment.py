@@ -142,6 +142,10 @@ def build_world(setup: ServerSetup, fleet: Fleet) -> GridWrapper:
     Order, strategy side first: participation → faults → byzantine → eavesdropper → fleet.
     """
     grid: GridWrapper = fleet
+    if setup.scenario.byzantine is not None:
+        from attacks.byzantine import ByzantineClients
+
+        grid = ByzantineClients(grid, setup)
     return grid
 
 

@@ -28,6 +28,7 @@ _BUILTIN_MODULES = (
     "fedsim.partition",
     "fedsim.models",
     "strategies",
+    "attacks.byzantine",
 )
 
 

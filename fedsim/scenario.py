@@ -97,6 +97,7 @@ class Scenario(_Strict):
     partition: Component = Component(name="iid")
     model: Component = Component(name="mlp")
     strategy: Component = Component(name="fedavg")
+    byzantine: Component | None = Field(None, description="compromised clients and their attack")
     client: ClientTraining = ClientTraining()
     evaluation: Evaluation = Evaluation()
     runtime: Runtime = InProcessRuntime()
@@ -111,7 +112,13 @@ class Scenario(_Strict):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-COMPONENTS = {"dataset": "dataset", "partition": "partitioner", "model": "model", "strategy": "strategy"}
+COMPONENTS = {
+    "dataset": "dataset",
+    "partition": "partitioner",
+    "model": "model",
+    "strategy": "strategy",
+    "byzantine": "byzantine",
+}
 
 
 # --------------------------------------------------------------------------- loading

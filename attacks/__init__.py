@@ -1,0 +1,1 @@
+"""Attacks on federated learning: one module per family (``byzantine``: client-update attacks)."""
