@@ -29,12 +29,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from pydantic import Field
 
 from fedsim import registry
 from fedsim.client import POISON_KEY
-from fedsim.records import flatten, only_arrays, unflatten
+from fedsim.records import flatten, only_arrays, stack, unflatten
 from fedsim.registry import Params, register
 from fedsim.training import seed_sequence, torch_generator
 from fedsim.world import GridWrapper
@@ -171,6 +171,7 @@ class ByzantineClients(GridWrapper):
         self.weight = float(sizes[sorted(self.compromised)].sum() / sizes.sum())  # realised C̄α
         self.uploads_update = registry.get("strategy", sc.strategy.name).extras.get("upload") == "update"
         self.exchanges = 0
+        self.sent: dict[int, Message] = {}  # this exchange's instructions, by partition
         self.attacked: list[int] = []
 
     def send_and_receive(self, messages, *, timeout=None):
@@ -178,33 +179,35 @@ class ByzantineClients(GridWrapper):
         if not any(m.metadata.message_type == MessageType.TRAIN for m in messages):
             return self.inner.send_and_receive(messages, timeout=timeout)
         self.exchanges += 1
-        sent = {self.partition_of(m): m for m in messages}
+        self.sent = {self.partition_of(m): m for m in messages}
         if self.attack.extras["target"] == "data":
-            for pid in self.compromised & sent.keys():
-                sent[pid].content = RecordDict({**sent[pid].content, POISON_KEY: ConfigRecord()})
+            for pid in self.compromised & self.sent.keys():
+                self.sent[pid].content = RecordDict({**self.sent[pid].content, POISON_KEY: ConfigRecord()})
         replies = list(self.inner.send_and_receive(messages, timeout=timeout))
         ok = [r for r in replies if not r.has_error()]
         forged = [r for r in ok if self.partition_of(r) in self.compromised]
         self.attacked += [self.partition_of(r) for r in forged]
         if forged and self.attack.extras["target"] == "update":
-            self._forge(forged, [r for r in ok if self.partition_of(r) not in self.compromised], sent)
+            self._forge(forged, [r for r in ok if self.partition_of(r) not in self.compromised])
         return replies
 
-    def _update(self, reply: Message, sent: dict[int, Message]) -> tuple[str, torch.Tensor, torch.Tensor]:
-        """(record key, reference model x or 0, the client's update) of one reply."""
-        key, record = only_arrays(reply.content)
-        vector = flatten(record)
-        base = torch.zeros_like(vector) if self.uploads_update else flatten(sent[self.partition_of(reply)].content[key])
-        return key, base, vector - base
+    def _sent(self, reply: Message) -> ArrayRecord:
+        """The model the server sent to the client of ``reply`` (same record key as the reply's)."""
+        return self.sent[self.partition_of(reply)].content[only_arrays(reply.content)[0]]
 
-    def _forge(self, forged: list[Message], honest: list[Message], sent: dict[int, Message]) -> None:
-        own = [self._update(r, sent) for r in forged]
-        own_updates = torch.stack([u for _, _, u in own])
-        honest_updates = torch.stack([self._update(r, sent)[2] for r in honest]) if honest else own_updates
+    def _updates(self, replies: list[Message]) -> torch.Tensor:
+        """The replies' updates as rows: the uploads themselves, or y − x for model uploads."""
+        uploads = stack([only_arrays(r.content)[1] for r in replies])
+        return uploads if self.uploads_update else uploads - stack([self._sent(r) for r in replies])
+
+    def _forge(self, forged: list[Message], honest: list[Message]) -> None:
+        own = self._updates(forged)
+        reference = self._updates(honest) if honest else own
         gen = torch_generator(self.seed, self.exchanges, "byzantine")
-        new = self.attack.factory(self.params, honest_updates, own_updates, gen)
-        for reply, (key, base, _), update in zip(forged, own, new, strict=True):
-            reply.content[key] = unflatten(base + update, reply.content[key])
+        for reply, update in zip(forged, self.attack.factory(self.params, reference, own, gen), strict=True):
+            key, record = only_arrays(reply.content)
+            upload = update if self.uploads_update else flatten(self._sent(reply)) + update
+            reply.content[key] = unflatten(upload, record)
 
     def take_metrics(self) -> dict:
         """Compromised clients whose reply this round was attacked, and the realised C̄α."""

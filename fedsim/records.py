@@ -2,23 +2,41 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 
 
+def stack(records: list[ArrayRecord]) -> torch.Tensor:
+    """n records as the rows of one (n × d) tensor: each record's arrays raveled in record order.
+
+    Every array is decoded once, straight into its row (no per-record concatenation).
+    """
+    first = list(records[0].values())
+    out = np.empty((len(records), sum(math.prod(a.shape) for a in first)), dtype=first[0].dtype)
+    for row, record in zip(out, records):
+        start = 0
+        for arr in record.values():
+            a = arr.numpy()
+            row[start : start + a.size] = a.ravel()
+            start += a.size
+    return torch.from_numpy(out)
+
+
 def flatten(record: ArrayRecord) -> torch.Tensor:
     """The arrays of a record, raveled and concatenated in record order."""
-    return torch.from_numpy(np.concatenate([a.numpy().ravel() for a in record.values()]))
+    return stack([record])[0]
 
 
 def unflatten(vector: torch.Tensor, like: ArrayRecord) -> ArrayRecord:
     """Inverse of ``flatten``: keys, shapes and dtypes from ``like``."""
     out, start = ArrayRecord(), 0
     for key, arr in like.items():
-        a = arr.numpy()
-        out[key] = Array(vector[start : start + a.size].numpy().reshape(a.shape).astype(a.dtype))
-        start += a.size
+        size = math.prod(arr.shape)
+        out[key] = Array(vector[start : start + size].numpy().reshape(arr.shape).astype(arr.dtype))
+        start += size
     return out
 
 

@@ -38,7 +38,7 @@ from flwr.serverapp import strategy as flwr_strategy
 from pydantic import Field
 
 from fedsim.client import ClientEnv
-from fedsim.records import flatten, num_examples, only_arrays, unflatten
+from fedsim.records import num_examples, only_arrays, stack, unflatten
 from fedsim.registry import register
 from fedsim.sampling import SeededSampling
 from fedsim.training import batches
@@ -126,7 +126,7 @@ class VectorRule(flwr_strategy.FedAvg):
         if not valid:
             return None, None
         records = [only_arrays(m.content)[1] for m in valid]
-        updates = torch.stack([flatten(r) for r in records])
+        updates = stack(records)
         weights = torch.tensor([num_examples(m.content, self.weighted_by_key) for m in valid], dtype=updates.dtype)
         vector, extra = self.combine(updates, weights / weights.sum())
         metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
@@ -140,6 +140,7 @@ class VectorRule(flwr_strategy.FedAvg):
 def normalized_average(updates: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Σ_m α_m g_m / ‖g_m‖₂ (Alg. 1, server step), zero updates contributing 0; O(n·d).
 
+    α_m = S_m / Σ_j S_j over the clients that replied (all M under full participation).
     Returns the vector and the number of zero-norm updates.
     """
     norms = torch.linalg.vector_norm(updates, dim=1)

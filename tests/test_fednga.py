@@ -173,12 +173,12 @@ def test_fednga_run_learns_and_records_aggregation_time_without_the_attack(tiny,
     entry = registry.get("byzantine", "all_ones")
 
     def slow(*args):
-        time.sleep(0.3)
+        time.sleep(0.5)
         return entry.factory(*args)
 
     monkeypatch.setitem(registry._entries["byzantine"], "all_ones", dataclasses.replace(entry, factory=slow))
     tiny["byzantine"] = {"name": "all_ones", "fraction": 0.25, "count_by": "count"}
     attacked = fedsim.run(tiny).metrics
     assert all(len(b) == 1 for b in attacked["byzantine_clients"])  # one of 4 clients, every round
-    assert (attacked["seconds"] > 0.3).all()
-    assert (attacked["aggregate_seconds"] < 0.15).all()
+    assert (attacked["seconds"] > 0.5).all()
+    assert (attacked["aggregate_seconds"] < 0.5).all()  # it would be ≥ 0.5 s if the attack were inside
