@@ -1,1 +1,1 @@
-"""Attacks: Byzantine client attacks and gradient-inversion attacks (see README)."""
+"""Attacks on federated learning: ``byzantine`` (client-update attacks) and gradient inversion."""

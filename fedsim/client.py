@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ STATE_KEY = "fedsim"
 CRASH = "fedsim.crash"  # config flags the fault-injection layer sets (fedsim.faults)
 DELAY = "fedsim.delay"
 INDEX_KEY = "fedsim.partition"
+# Record a Byzantine world layer adds to a compromised client's train instruction when
+# the scenario's attack poisons data (label flip): the client then trains on that data.
+POISON_KEY = "fedsim.poison"
 
 app = ClientApp()
 
@@ -39,6 +42,7 @@ class _Shared:
     model: nn.Module
     x: torch.Tensor
     y: torch.Tensor
+    num_classes: int
 
     def __post_init__(self):
         # the model's own parameter and buffer tensors, reset in place from each message
@@ -53,7 +57,7 @@ def _shared(blob: str) -> _Shared:
     scenario = from_json(blob)
     ds = load_dataset(scenario.dataset.name, scenario.dataset.raw_params(), scenario.seed)
     model = build_model(scenario.model.name, scenario.model.raw_params(), ds.input_shape, ds.num_classes)
-    return _Shared(scenario, model, torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train))
+    return _Shared(scenario, model, torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train), ds.num_classes)
 
 
 _partitions: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -81,6 +85,7 @@ class ClientEnv:
     y: torch.Tensor
     state: RecordDict
     targets: dict[str, torch.Tensor]
+    num_classes: int
 
     def load(self, arrays: ArrayRecord) -> nn.Module:
         """Reset the model in place from ``arrays`` (same keys as its state dict) and return it."""
@@ -132,7 +137,7 @@ def _env(context: Context) -> ClientEnv:
     pid = int(context.state[STATE_KEY]["partition-id"])
     shared = _shared(blob)
     x, y = _partition(blob, pid, context.state[INDEX_KEY]["indices"])
-    return ClientEnv(shared.scenario, pid, shared.model, x, y, context.state, shared.targets)
+    return ClientEnv(shared.scenario, pid, shared.model, x, y, context.state, shared.targets, shared.num_classes)
 
 
 def fedavg_train(content: RecordDict, env: ClientEnv) -> RecordDict:
@@ -166,6 +171,9 @@ def train(msg: Message, context: Context) -> Message:
     """Run the strategy's client handler with torch's global RNG (dropout masks, random
     layers) seeded from (seed, round, client), and restored afterwards."""
     env = _env(context)
+    if POISON_KEY in msg.content:  # compromised by a data-poisoning Byzantine attack
+        attack = env.scenario.byzantine
+        env = replace(env, y=registry.get("byzantine", attack.name).factory(attack.params, env.y, env.num_classes))
     handler: Handler = registry.get("strategy", env.scenario.strategy.name).extras.get("client", fedavg_train)
     config = msg.content["config"] if "config" in msg.content else {}
     server_round = int(config.get("server-round", 0))

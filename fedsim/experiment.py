@@ -187,6 +187,10 @@ def build_world(setup: ServerSetup, fleet: Fleet) -> GridWrapper:
     Order, strategy side first: participation → faults → byzantine → eavesdropper → fleet.
     """
     grid: GridWrapper = fleet
+    if setup.scenario.byzantine is not None:
+        from attacks.byzantine import ByzantineClients
+
+        grid = ByzantineClients(grid, setup)
     if setup.scenario.faults is not None:
         grid = FaultLayer(grid, setup.scenario.faults, setup.scenario.seed)
     if setup.scenario.participation is not None:

@@ -29,6 +29,7 @@ _BUILTIN_MODULES = (
     "fedsim.models",
     "fedsim.participation",
     "strategies",
+    "attacks.byzantine",
 )
 
 

@@ -169,6 +169,7 @@ class Scenario(_Strict):
     strategy: Component = Component(name="fedavg")
     faults: Faults | None = None  # injected client crashes and stragglers (fedsim.faults)
     participation: Component | None = None  # exogenous client availability (fedsim.participation)
+    byzantine: Component | None = Field(None, description="compromised clients and their attack")
     client: ClientTraining = ClientTraining()
     evaluation: Evaluation = Evaluation()
     runtime: Runtime = InProcessRuntime()
@@ -190,6 +191,7 @@ COMPONENTS = {
     "model": "model",
     "strategy": "strategy",
     "participation": "participation",
+    "byzantine": "byzantine",
 }
 
 

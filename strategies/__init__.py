@@ -5,11 +5,13 @@ from strategies import (  # noqa: F401
     fedavg,
     fedavg_updates,
     feddyn,
+    fednga,
     fedprox,
     fedsam,
     fedspeed,
     fedvarp,
     known_prob,
     mifa,
+    robust,
     scaffold,
 )

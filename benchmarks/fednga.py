@@ -1,0 +1,254 @@
+"""Fed-NGA (Zuo et al., NeurIPS 2025) against Byzantine clients: accuracy and aggregation cost.
+
+Table 1 (``--table accuracy``): best and final test accuracy of Fed-NGA and every robust
+baseline, with no attack and with 20% / 30% Byzantine data weight (C̄α) under each attack,
+on digits with a Dirichlet(0.6) label split. Every method runs the same update path
+(each client uploads one minibatch gradient at w^t; the server steps
+w ← w − η_t · R(gradients) with η_t = 0.5/√(1 + 0.002t)), so only the rule R differs.
+The defenders are told the number f of compromised clients of the cell: Krum and
+Multi-Krum use f (Multi-Krum averages n − f), the trimmed mean cuts β = f/n per tail.
+FoE uses the paper's per-rule ε: 3(M − B) against FedSGD, CClip and Fed-NGA, 0.1
+against the median-type rules (median, trimmed mean, Krum, Multi-Krum, GM).
+
+Table 2 (``--table timing``): on synthetic updates, against the number of clients n and the
+model size d, the wall time of one ``aggregate_train`` call (what each round's
+``aggregate_seconds`` records: reading the replies' arrays, the rule, the server step) and
+of the rule alone on the decoded n × d matrix (what the paper times). Single-threaded,
+fastest of ``--repeats``; f = n/5 for Krum, Multi-Krum and the trimmed mean.
+
+Cut from the paper to fit ~10 minutes on 2 shared CPU cores: digits (8×8, 1,437 training
+images) instead of MNIST, an MLP 64-64-10 instead of 784-200-100-10, M = 10 clients
+instead of 50, 50 rounds instead of 500, one seed; MCA is not implemented.
+
+    python benchmarks/fednga.py                     # both tables
+    python benchmarks/fednga.py --table timing
+"""
+
+from __future__ import annotations
+
+import os
+
+# Single-threaded BLAS, as a round runs on the in-process runtime (runtime.threads = 1).
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict  # noqa: E402
+
+import fedsim  # noqa: E402
+from attacks.byzantine import compromised_clients  # noqa: E402
+from fedsim import registry  # noqa: E402
+from fedsim.experiment import prepare  # noqa: E402
+from fedsim.records import num_examples, stack  # noqa: E402
+from fedsim.runtime import _set_task_identity  # noqa: E402
+from flwr.serverapp.strategy.fedtrimmedavg import trim_mean  # noqa: E402
+from flwr.serverapp.strategy.multikrum import select_multikrum  # noqa: E402
+from strategies.fednga import normalized_average  # noqa: E402
+from strategies.robust import centered_clip, geometric_median  # noqa: E402
+
+METHODS = ["fednga", "fedsgd", "median", "trimmed_mean", "krum", "multikrum", "geomed", "cclip"]
+ATTACKS = ["gaussian", "all_ones", "sign_flip", "lie", "foe", "label_flip"]
+FRACTIONS = [0.2, 0.3]
+STRONG_FOE = {"fednga", "fedsgd", "cclip"}  # Fed-NGA App. B: q = −3(M − B) against these
+
+
+def base_scenario(clients: int, rounds: int, out: str) -> dict:
+    return {
+        "name": "bench_fednga",
+        "seed": 0,
+        "rounds": rounds,
+        "num_clients": clients,
+        "dataset": {"name": "digits"},
+        "partition": {"name": "dirichlet", "alpha": 0.6, "min_partition_size": 10},
+        "model": {"name": "mlp", "hidden": [64]},
+        "client": {"batch_size": 32},
+        "evaluation": {"eval_every": 1},
+        "output": {"dir": out, "progress": False, "plot": False, "save_model": False},
+    }
+
+
+def strategy_for(method: str, clients: int, f: int) -> dict:
+    s: dict = {"name": method}
+    if method in ("krum", "multikrum"):
+        s["num_malicious_nodes"] = f
+    if method == "multikrum":
+        s["num_nodes_to_select"] = clients - f
+    if method == "trimmed_mean":
+        s["beta"] = f / clients
+    return s
+
+
+def accuracy_table(clients: int, rounds: int) -> pd.DataFrame:
+    out = tempfile.mkdtemp(prefix="bench_fednga_")
+    base = base_scenario(clients, rounds, out)
+    sizes = prepare(fedsim.load_scenario(base)).partition_sizes
+    settings = [("none", 0.0)] + [(a, f) for f in FRACTIONS for a in ATTACKS]
+    rows = []
+    for attack, fraction in settings:
+        bad = compromised_clients(base["seed"], sizes, fraction, "weight")
+        weight = sum(sizes[i] for i in bad) / sum(sizes)
+        label = "no attack" if attack == "none" else f"{attack} C̄α={weight:.2f} ({len(bad)}/{clients})"
+        for method in METHODS:
+            sc = {**base, "strategy": strategy_for(method, clients, len(bad))}
+            if attack != "none":
+                sc["byzantine"] = {"name": attack, "fraction": fraction, "count_by": "weight"}
+                if attack == "foe":
+                    sc["byzantine"]["epsilon"] = 3.0 * (clients - len(bad)) if method in STRONG_FOE else 0.1
+            m = fedsim.run(sc).metrics
+            rows.append(
+                {"method": method, "setting": label, "attack": attack, "fraction": fraction,
+                 "best_acc": m["test_acc"].max(), "final_acc": m["test_acc"].iloc[-1]}
+            )
+            print(f"  {method:13s} {label:36s} best {rows[-1]['best_acc']:.3f}", flush=True)
+    df = pd.DataFrame(rows)
+    clean = df[df.attack == "none"].set_index("method")["best_acc"]
+    df["baseline"] = df["method"].map(clean)  # the method's own no-attack best accuracy
+    df["ratio"] = df["best_acc"] / df["baseline"]
+    return df
+
+
+def synthetic_replies(n: int, d: int, rng: np.random.Generator) -> list[Message]:
+    """n replies, each one update of d floats as a (d/100 × 100) weight and a 100-vector bias."""
+    _set_task_identity(1)
+    out = []
+    for i in range(n):
+        instr = Message(RecordDict(), dst_node_id=10 + i, message_type="train")
+        instr.metadata.__dict__["_message_id"] = f"m{i}"
+        arrays = ArrayRecord(
+            {"w": Array(rng.normal(size=(d // 100 - 1, 100)).astype(np.float32)),
+             "b": Array(rng.normal(size=100).astype(np.float32))}
+        )
+        metrics = MetricRecord({"num-examples": int(rng.integers(20, 200)), "train_loss": 1.0})
+        out.append(Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=instr))
+    return out
+
+
+def fresh(replies: list[Message], arrays: list[dict]) -> list[Message]:
+    """The replies with new ArrayRecords over the same Arrays (FedMedian/FedTrimmedAvg pop what they read)."""
+    for reply, items in zip(replies, arrays, strict=True):
+        reply.content = RecordDict({"arrays": ArrayRecord(dict(items)), "metrics": reply.content["metrics"]})
+    return replies
+
+
+def rules(n: int) -> dict:
+    """Each rule on the decoded (n × d) matrix U with weights a: the code each strategy runs."""
+    f = n // 5
+    return {
+        "fednga": lambda U, a, recs: normalized_average(U, a),
+        "fedsgd": lambda U, a, recs: a @ U,
+        "median": lambda U, a, recs: np.median(U.numpy(), axis=0),  # FedMedian's op
+        "trimmed_mean": lambda U, a, recs: trim_mean(U.numpy(), f / n),  # Flower's function
+        # Flower's Krum works on records only: one array per record, so it includes one read of U
+        "krum": lambda U, a, recs: select_multikrum(recs, f, 1),
+        "multikrum": lambda U, a, recs: select_multikrum(recs, f, n - f),
+        "geomed": lambda U, a, recs: geometric_median(U, a, 1e-5, 1e-5, 100),
+        "cclip": lambda U, a, recs: centered_clip(U, torch.zeros(U.shape[1]), 10.0, 1),
+    }
+
+
+def fastest(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def timing_table(grid: list[tuple[int, int]], repeats: int) -> pd.DataFrame:
+    torch.set_num_threads(1)  # as aggregate_seconds is measured in a run (runtime.threads = 1)
+    rng = np.random.default_rng(0)
+    rows = []
+    for n, d in grid:
+        replies = synthetic_replies(n, d, rng)
+        arrays = [dict(r.content["arrays"].items()) for r in replies]
+        model = ArrayRecord({k: Array(np.zeros(v.shape, np.float32)) for k, v in arrays[0].items()})
+        setup = type("Setup", (), {"scenario": fedsim.load_scenario({"name": "t", "rounds": 1, "num_clients": n})})
+        reps = repeats if n * d <= 10**7 else 2
+        read = fastest(lambda: stack([r.content["arrays"] for r in replies]), reps)
+        U = stack([r.content["arrays"] for r in replies])
+        a = torch.tensor([num_examples(r.content) for r in replies], dtype=U.dtype)
+        a /= a.sum()
+        recs = [RecordDict({"arrays": ArrayRecord({"u": Array(u.numpy())})}) for u in U]
+        for method, rule in rules(n).items():
+            entry = registry.get("strategy", method)
+            params = entry.params(**{k: v for k, v in strategy_for(method, n, n // 5).items() if k != "name"})
+
+            def one_round():
+                strategy = entry.factory(params, setup)
+                strategy.current = model  # what configure_train keeps: the model sent this round
+                strategy.aggregate_train(1, fresh(replies, arrays))
+
+            rows.append(
+                {"method": method, "n": n, "d": d, "read_ms": read * 1e3,
+                 "aggregate_ms": fastest(one_round, reps) * 1e3,
+                 "rule_ms": fastest(lambda: rule(U, a, recs), reps) * 1e3}
+            )
+        print(f"  n={n:4d} d={d:>9,d} done", flush=True)
+    df = pd.DataFrame(rows)
+    for col in ("aggregate_ms", "rule_ms"):
+        ref = df[df.method == "fednga"].set_index(["n", "d"])[col]
+        df[col.replace("_ms", "_ratio")] = df[col] / [ref[(n, d)] for n, d in zip(df.n, df.d)]
+    return df
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--table", choices=["accuracy", "timing", "both"], default="both")
+    ap.add_argument("--clients", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    pd.set_option("display.width", 200, "display.max_rows", 500, "display.max_columns", 20)
+    start = time.time()
+    if args.table in ("accuracy", "both"):
+        print(f"Table 1: digits, Dirichlet(0.6), {args.clients} clients, {args.rounds} rounds, MLP 64")
+        df = accuracy_table(args.clients, args.rounds)
+        print("\n(method, setting, metric = best test accuracy, baseline = its no-attack best, ratio)")
+        print(df[["method", "setting", "best_acc", "final_acc", "baseline", "ratio"]].to_string(index=False, float_format="%.3f"))
+        pivot = df.pivot_table(index="method", columns="setting", values="best_acc", sort=False).reindex(METHODS)
+        print("\nbest test accuracy, methods × settings")
+        print(pivot.T.to_string(float_format="%.3f"))
+        attacked = df[df.attack != "none"]
+        nga = attacked[attacked.method == "fednga"].set_index("setting")["best_acc"]
+        print("\nFed-NGA ≥ baseline (best acc, within 0.01) in attacked cells:")
+        for method in METHODS[1:]:
+            other = attacked[attacked.method == method].set_index("setting")["best_acc"]
+            wins = int((nga >= other - 0.01).sum())
+            print(f"  vs {method:13s} {wins:2d}/{len(nga)}")
+        drop = (nga.max() - df[(df.method == "fednga") & (df.attack == "none")]["best_acc"].iloc[0])
+        close = int((attacked[attacked.method == "fednga"]["ratio"] >= 0.95).sum())
+        collapse = int((attacked[attacked.method == "fedsgd"]["best_acc"] < 0.3).sum())
+        print(f"Fed-NGA within 5% of its no-attack accuracy in {close}/{len(nga)} attacked cells; "
+              f"FedSGD below 30% in {collapse}/{len(nga)} (best attacked − clean for Fed-NGA: {drop:+.3f})")
+        print(f"[table 1: {time.time() - start:.0f} s]")
+    if args.table in ("timing", "both"):
+        t0 = time.time()
+        grid = [(n, d) for d in (10_000, 100_000) for n in (10, 50, 200)] + [(10, 1_000_000), (50, 1_000_000)]
+        print("\nTable 2: aggregation time on synthetic updates (single-threaded, fastest of repeats; f = n/5)")
+        df = timing_table(grid, args.repeats)
+        print("(method, setting = n × d, metrics = ms per call: aggregate_train, rule alone; ratio = / Fed-NGA's)")
+        cols = ["method", "n", "d", "aggregate_ms", "aggregate_ratio", "rule_ms", "rule_ratio"]
+        print(df[cols].to_string(index=False, float_format="%.2f"))
+        for col, title in (("aggregate_ms", "aggregate_train (what a round's aggregate_seconds records)"),
+                           ("rule_ms", "the rule alone, on the decoded n × d matrix")):
+            wide = df.pivot_table(index=["d", "n"], columns="method", values=col, sort=False)[METHODS]
+            wide.insert(0, "read", df.pivot_table(index=["d", "n"], values="read_ms", sort=False)["read_ms"])
+            print(f"\nms per call, {title}; read = decoding the n replies into the matrix")
+            print(wide.to_string(float_format="%.1f"))
+        nga = df[df.method == "fednga"].set_index(["d", "n"])["rule_ms"]
+        per = nga / (nga.index.get_level_values(0) * nga.index.get_level_values(1)) * 1e6
+        print(f"Fed-NGA rule ns per (n·d) coordinate: {', '.join(f'{v:.2f}' for v in per)} (constant = linear in n·d)")
+        print(f"[table 2: {time.time() - t0:.0f} s]")
+
+
+if __name__ == "__main__":
+    main()
