@@ -23,7 +23,9 @@ from flwr.serverapp import Grid, ServerApp
 from torch import nn
 
 from fedsim import client, registry
+from fedsim.clock import VirtualClock
 from fedsim.data import Dataset, load_dataset
+from fedsim.decentralized import DecentralizedLoop, DecentralizedStrategy
 from fedsim.models import build_model
 from fedsim.partition import make_partitions
 from fedsim.recorder import Recorder
@@ -139,9 +141,12 @@ def _metric(record, key: str) -> float | None:
 def build_world(setup: ServerSetup, fleet: Fleet) -> GridWrapper:
     """Stack the scenario's world layers on the fleet; the strategy talks to the top one.
 
-    Order, strategy side first: participation → faults → byzantine → eavesdropper → fleet.
+    Order, strategy side first: participation → faults → byzantine → eavesdropper → virtual
+    clock (with a ``network:`` section) → fleet.
     """
     grid: GridWrapper = fleet
+    if setup.scenario.network is not None:
+        grid = VirtualClock(grid, setup)  # innermost: it times what actually crossed the wire
     return grid
 
 
@@ -156,7 +161,10 @@ def make_server_app(setup: ServerSetup, recorder: Recorder) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         fleet = Fleet(grid, setup.scenario.num_clients)
         fleet.connect(scenario_json, setup.partitions)
-        FederatedLoop(setup, strategy, build_world(setup, fleet), recorder).run()
+        if isinstance(strategy, DecentralizedStrategy):  # the ServerApp plays the network
+            DecentralizedLoop(setup, strategy, fleet, recorder).run()
+        else:
+            FederatedLoop(setup, strategy, build_world(setup, fleet), recorder).run()
 
     return app
 

@@ -27,6 +27,7 @@ _BUILTIN_MODULES = (
     "fedsim.data",
     "fedsim.partition",
     "fedsim.models",
+    "fedsim.topology",
     "strategies",
 )
 

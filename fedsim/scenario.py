@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from fedsim import registry
+from fedsim.network import ChurnEvent, NetworkParams
 
 
 class ScenarioError(Exception):
@@ -101,6 +102,10 @@ class Scenario(_Strict):
     evaluation: Evaluation = Evaluation()
     runtime: Runtime = InProcessRuntime()
     output: Output = Output()
+    # decentralized runs (fedsim.topology, fedsim.network)
+    topology: Component | None = None
+    network: NetworkParams | None = None
+    churn: list[ChurnEvent] = []
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -111,7 +116,13 @@ class Scenario(_Strict):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-COMPONENTS = {"dataset": "dataset", "partition": "partitioner", "model": "model", "strategy": "strategy"}
+COMPONENTS = {
+    "dataset": "dataset",
+    "partition": "partitioner",
+    "model": "model",
+    "strategy": "strategy",
+    "topology": "topology",
+}
 
 
 # --------------------------------------------------------------------------- loading
@@ -241,9 +252,26 @@ def validate(data: dict, source: str = "<scenario>", lines: dict | None = None) 
             comp._params = entry.params.model_validate(comp.raw_params())
         except ValidationError as exc:
             errors += [{**e, "loc": (field, *e["loc"])} for e in exc.errors()]
+    errors += _decentralized_only(scenario, data)
     if errors:
         raise _fail(errors, source, lines, data)
     return scenario
+
+
+def _decentralized_only(scenario: Scenario, data: dict) -> list[dict]:
+    """``topology`` and ``churn`` need a decentralized strategy (one registered with ``decentralized=True``)."""
+    try:
+        decentralized = registry.get("strategy", scenario.strategy.name).extras.get("decentralized", False)
+    except KeyError:
+        return []  # reported above
+    if decentralized:
+        return []
+    msg = f"only decentralized strategies use it; strategy '{scenario.strategy.name}' is centralized"
+    return [
+        {"loc": (key,), "type": "value_error", "msg": msg, "input": data.get(key)}
+        for key in ("topology", "churn")
+        if getattr(scenario, key)
+    ]
 
 
 def load(
