@@ -269,28 +269,28 @@ class DecentralizedLoop:
         return evaluate(self.model, self.x_test, self.y_test, self.scenario.evaluation.batch_size)
 
     def evaluate(self, net: Network) -> dict:
+        row: dict = {"nodes_evaluated": 0, "bytes_sent_per_node": [int(b) for b in net.sent]}
         pids = [p for p in self.eval_nodes if p in net.membership.up]
         models = net.pull(pids)
-        results = [self._test(models[p]) for p in sorted(models)]
-        losses = np.array([r[0] for r in results])
-        accs = np.array([r[1] for r in results])
-        vectors = np.stack([flat(models[p]) for p in sorted(models)])
-        mean = vectors.mean(axis=0)
-        consensus = weighted_sum([(1.0 / len(models), models[p]) for p in sorted(models)])
-        _, consensus_acc = self._test(consensus)
-        row = {
-            "test_loss": float(losses.mean()),
-            "test_acc": float(accs.mean()),
-            "node_acc_mean": float(accs.mean()),
-            "node_acc_min": float(accs.min()),
-            "node_acc_max": float(accs.max()),
-            "node_acc_std": float(accs.std()),
-            "consensus_distance": float(((vectors - mean) ** 2).sum(axis=1).mean()),
-            "consensus_acc": consensus_acc,
-            "nodes_evaluated": len(models),
-            "bytes_sent_per_node": [int(b) for b in net.sent],
-        }
-        self.final = consensus
+        if models:
+            order = sorted(models)
+            results = [self._test(models[p]) for p in order]
+            losses = np.array([r[0] for r in results])
+            accs = np.array([r[1] for r in results])
+            vectors = np.stack([flat(models[p]) for p in order])
+            consensus = weighted_sum([(1.0 / len(order), models[p]) for p in order])
+            row |= {
+                "test_loss": float(losses.mean()),
+                "test_acc": float(accs.mean()),
+                "node_acc_mean": float(accs.mean()),
+                "node_acc_min": float(accs.min()),
+                "node_acc_max": float(accs.max()),
+                "node_acc_std": float(accs.std()),
+                "consensus_distance": float(((vectors - vectors.mean(axis=0)) ** 2).sum(axis=1).mean()),
+                "consensus_acc": self._test(consensus)[1],
+                "nodes_evaluated": len(order),
+            }
+            self.final = consensus
         output = self.strategy.output_model(net)
         if output is not None:
             row["test_loss"], row["test_acc"] = self._test(output)

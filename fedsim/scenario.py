@@ -259,19 +259,36 @@ def validate(data: dict, source: str = "<scenario>", lines: dict | None = None) 
 
 
 def _decentralized_only(scenario: Scenario, data: dict) -> list[dict]:
-    """``topology`` and ``churn`` need a decentralized strategy (one registered with ``decentralized=True``)."""
+    """``topology`` and ``churn`` belong to decentralized strategies (registered with ``decentralized=True``).
+
+    For those, the topology must admit its mixing rule at this size, and churn must name
+    existing nodes.
+    """
     try:
         decentralized = registry.get("strategy", scenario.strategy.name).extras.get("decentralized", False)
     except KeyError:
         return []  # reported above
-    if decentralized:
-        return []
-    msg = f"only decentralized strategies use it; strategy '{scenario.strategy.name}' is centralized"
-    return [
-        {"loc": (key,), "type": "value_error", "msg": msg, "input": data.get(key)}
-        for key in ("topology", "churn")
-        if getattr(scenario, key)
-    ]
+    if not decentralized:
+        msg = f"only decentralized strategies use it; strategy '{scenario.strategy.name}' is centralized"
+        return [
+            {"loc": (key,), "type": "value_error", "msg": msg, "input": data.get(key)}
+            for key in ("topology", "churn")
+            if getattr(scenario, key)
+        ]
+    errors = []
+    if scenario.topology is not None and scenario.topology._params is not None:
+        from fedsim.topology import build_topology
+
+        try:
+            build_topology(scenario.topology, scenario.num_clients, scenario.seed).mixing(1)
+        except ValueError as exc:
+            errors.append({"loc": ("topology",), "type": "value_error", "msg": str(exc), "input": data.get("topology")})
+    for i, event in enumerate(scenario.churn):
+        bad = [n for n in event.nodes or [] if not 0 <= n < scenario.num_clients]
+        if bad:
+            msg = f"no such nodes among num_clients={scenario.num_clients}"
+            errors.append({"loc": ("churn", i, "nodes"), "type": "value_error", "msg": msg, "input": bad})
+    return errors
 
 
 def load(
