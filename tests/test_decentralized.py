@@ -290,3 +290,19 @@ def test_decentralized_sections_are_validated(tmp_path):
         load(scenario(tmp_path, churn=[{"round": 2, "action": "crash", "nodes": [99]}]))
     with pytest.raises(ScenarioError, match="'topology.degree'"):
         load(scenario(tmp_path, topology={"name": "ring", "degree": 3}))
+
+
+@pytest.mark.slow
+def test_modest_with_churn_is_identical_on_inprocess_and_ray(tmp_path):
+    sc = scenario(
+        tmp_path,
+        num_clients=8,
+        rounds=3,
+        strategy={"name": "modest", "sample_size": 3},
+        churn=[{"round": 2, "action": "crash", "nodes": [1, 2]}, {"round": 3, "action": "join", "nodes": [1]}],
+    )
+    cols = ["test_acc", "train_loss", "sample", "bytes_up", "bytes_membership", "virtual_time", "nodes_up"]
+    a = fedsim.run(sc).metrics
+    b = fedsim.run(sc, runtime={"name": "ray", "client_resources": {"num_cpus": 1}}).metrics
+    assert a[cols].to_dict("list") == b[cols].to_dict("list")
+    assert a["nodes_up"].tolist() == [6, 7, 7]
