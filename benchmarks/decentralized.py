@@ -84,7 +84,8 @@ def table1() -> list[str]:
         ("DFedSAM-MGS Q=4", {"name": "dfedsam_mgs", "rho": RHO, "lr_decay": LR_DECAY, "gossip_steps": 4}),
     ]
     lines = [
-        "Table 1: 16 nodes, digits, Dirichlet(0.3), MLP, 25 rounds x 1 local epoch; baseline = D-PSGD on the same graph",
+        "Table 1: 16 nodes, digits, Dirichlet(0.3), MLP, 25 rounds x 1 local epoch; "
+        "baseline = D-PSGD on the same graph",
         "",
         "| method | setting | metric | value | baseline | ratio |",
         "|---|---|---|---|---|---|",
@@ -100,10 +101,11 @@ def table1() -> list[str]:
             setting = f"{topology} (gap {float(last['spectral_gap']):.3f})"
             lines += [
                 row(label, setting, "final mean node acc", acc, base[0]),
-                row(label, setting, "node acc min / max", f"{last['node_acc_min']:.3f} / {last['node_acc_max']:.3f}", None, "—"),
+                row(label, setting, "node acc min / max", f"{last['node_acc_min']:.3f} / {last['node_acc_max']:.3f}",
+                    None, "—"),
                 row(label, setting, "consensus distance", dist, base[1]),
                 row(label, setting, "gap to FedAvg acc", fedavg_acc - acc, fedavg_acc - base[0]),
-                row(label, setting, "bytes sent per node", float(m["bytes_sent_per_node"].iloc[-1][0]), None),
+                row(label, setting, "bytes sent by node 0", float(m["bytes_sent_per_node"].iloc[-1][0]), None),
             ]
     return lines
 
@@ -121,10 +123,13 @@ def to_target(metrics, bytes_columns: list[str]) -> tuple[int | None, float | No
 
 
 def table2() -> list[str]:
-    runs = [
-        ("FedAvg", f"{SAMPLE} of 32 per round", dict(rounds=80, strategy={"name": "fedavg", "fraction_train": SAMPLE / 32}), ["bytes_down", "bytes_up"]),
-        ("D-PSGD", "random 4-regular, 32 nodes", dict(rounds=35, strategy={"name": "dpsgd"}, topology={"name": "random_regular", "degree": 4}), ["bytes_up"]),
-        ("MoDeST", f"s={SAMPLE} of 32, sf=0.8, 1 aggregator", dict(rounds=80, strategy={"name": "modest", "sample_size": SAMPLE, "success_fraction": 0.8}), ["bytes_up"]),
+    fedavg = {"name": "fedavg", "fraction_train": SAMPLE / 32}
+    modest = {"name": "modest", "sample_size": SAMPLE, "success_fraction": 0.8}
+    dpsgd = dict(rounds=35, strategy={"name": "dpsgd"}, topology={"name": "random_regular", "degree": 4})
+    runs = [  # (method, setting, overrides, columns of bytes sent)
+        ("FedAvg", f"{SAMPLE} of 32 per round", dict(rounds=80, strategy=fedavg), ["bytes_down", "bytes_up"]),
+        ("D-PSGD", "random 4-regular, 32 nodes", dpsgd, ["bytes_up"]),
+        ("MoDeST", f"s={SAMPLE} of 32, sf=0.8, 1 aggregator", dict(rounds=80, strategy=modest), ["bytes_up"]),
     ]
     results = {}
     for label, setting, over, cols in runs:

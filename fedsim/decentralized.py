@@ -25,6 +25,8 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import networkx as nx
@@ -60,6 +62,15 @@ class DecentralizedParams(Params):
 def node_env(context: Context) -> client.ClientEnv:
     """The node's data, model, state and seeded RNG (the generic ClientApp's environment)."""
     return client._env(context)
+
+
+@contextmanager
+def seeded_torch(env: client.ClientEnv, server_round: int) -> Iterator[None]:
+    """Torch's global RNG (dropout masks) seeded from (seed, round, node) while a node trains."""
+    seed = int(seed_sequence(env.scenario.seed, server_round, env.partition_id, "torch").generate_state(1)[0])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 @client.app.query("dfl_init")

@@ -35,7 +35,15 @@ from pydantic import Field
 
 from fedsim import client, registry
 from fedsim.client import ClientEnv
-from fedsim.decentralized import MODEL_KEY, DecentralizedParams, DecentralizedStrategy, Network, node_env, weighted_sum
+from fedsim.decentralized import (
+    MODEL_KEY,
+    DecentralizedParams,
+    DecentralizedStrategy,
+    Network,
+    node_env,
+    seeded_torch,
+    weighted_sum,
+)
 from fedsim.registry import register
 from fedsim.topology import build_topology
 
@@ -81,7 +89,9 @@ def gossip_local(msg: Message, context: Context) -> Message:
     start = env.state[MODEL_KEY]
     env.load(start)
     update = registry.get("strategy", env.scenario.strategy.name).extras["local_update"]
-    loss = update(env, int(cfg["server-round"]))
+    server_round = int(cfg["server-round"])
+    with seeded_torch(env, server_round):
+        loss = update(env, server_round)
     trained = ArrayRecord(env.model.state_dict())
     if send == "start":
         env.state[DELTA_KEY] = weighted_sum([(1.0, trained), (-1.0, start)])

@@ -56,7 +56,15 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 from pydantic import Field
 
 from fedsim import client
-from fedsim.decentralized import MODEL_KEY, DecentralizedParams, DecentralizedStrategy, Network, node_env, weighted_sum
+from fedsim.decentralized import (
+    MODEL_KEY,
+    DecentralizedParams,
+    DecentralizedStrategy,
+    Network,
+    node_env,
+    seeded_torch,
+    weighted_sum,
+)
 from fedsim.registry import register
 from fedsim.training import seed_sequence
 
@@ -171,7 +179,8 @@ def modest_train(msg: Message, context: Context) -> Message:
         view[me] = bump(int(view[me]), ACTIVE)
         env.state[VIEW_KEY] = _record(view)
     env.load(msg.content["arrays"])
-    loss, _ = env.train(rnd)
+    with seeded_torch(env, rnd):
+        loss, _ = env.train(rnd)
     env.state[MODEL_KEY] = ArrayRecord(env.model.state_dict())
     order = _order_and_flush(env, rnd + 1)
     reply = RecordDict(
@@ -297,9 +306,10 @@ class Modest(DecentralizedStrategy):
     def start(self, net: Network) -> None:
         super().start(net)
         up = net.up
-        initial = np.zeros(net.n, dtype=np.int64)
+        initial = np.full(net.n, ABSENT, dtype=np.int64)
         initial[up] = ACTIVE
-        views = {pid: _record(initial if pid in up else np.zeros(net.n, dtype=np.int64)) for pid in range(net.n)}
+        unknown = np.full(net.n, ABSENT, dtype=np.int64)  # a node that joins later knows nobody yet
+        views = {pid: _record(initial if pid in up else unknown) for pid in range(net.n)}
         net.ask(SETUP, {pid: RecordDict({"view": view}) for pid, view in views.items()})
         first = up[0]
         reply = net.ask(KICKOFF, {first: RecordDict()})[first]
@@ -409,7 +419,9 @@ class Modest(DecentralizedStrategy):
             {
                 "arrays": reply["arrays"],
                 "view": reply["view"],
-                "config": ConfigRecord({"round": rnd + 1, "sender": node, "sample-size": sample_size, "timeout": False}),
+                "config": ConfigRecord(
+                    {"round": rnd + 1, "sender": node, "sample-size": sample_size, "timeout": False}
+                ),
             }
         )
         for agg in aggregators:
@@ -427,7 +439,8 @@ class Modest(DecentralizedStrategy):
     def on_timeout(self, net: Network, dst: int, rnd: int) -> None:
         if dst not in net.membership.up or self.aggregated.get(dst, 0) >= rnd:
             return
-        cfg = ConfigRecord({"round": rnd, "sender": -1, "sample-size": len(self.stats[rnd - 1]["sample"]), "timeout": True})
+        size = len(self.stats[rnd - 1]["sample"])
+        cfg = ConfigRecord({"round": rnd, "sender": -1, "sample-size": size, "timeout": True})
         if not self.aggregate(net, dst, rnd, RecordDict({"config": cfg})):
             self.stats[rnd]["dropped"] += 1
 

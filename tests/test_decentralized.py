@@ -172,7 +172,8 @@ def test_dpsgd_on_a_complete_graph_with_uniform_weights_is_fedavg_with_full_part
 
 
 def test_gossip_bytes_in_rows_are_degree_times_q_times_model_size(tmp_path):
-    res = fedsim.run(scenario(tmp_path, rounds=2, topology={"name": "torus"}), strategy={"name": "dfedsam_mgs", "gossip_steps": 2})
+    sc = scenario(tmp_path, rounds=2, topology={"name": "torus"})
+    res = fedsim.run(sc, strategy={"name": "dfedsam_mgs", "gossip_steps": 2})
     size = ArrayRecord(res.model.state_dict()).count_bytes()
     m = res.metrics
     assert m["bytes_up"].tolist() == [6 * 3 * 2 * size] * 2  # 2x3 torus: degree 3
