@@ -24,7 +24,9 @@ from flwr.serverapp import Grid, ServerApp
 from torch import nn
 
 from fedsim import checkpoint, client, participation, registry
+from fedsim.clock import VirtualClock
 from fedsim.data import Dataset, load_dataset
+from fedsim.decentralized import DecentralizedLoop, DecentralizedStrategy
 from fedsim.faults import FaultLayer
 from fedsim.models import build_model
 from fedsim.partition import make_partitions
@@ -184,9 +186,12 @@ def _metric(record, key: str) -> float | None:
 def build_world(setup: ServerSetup, fleet: Fleet) -> GridWrapper:
     """Stack the scenario's world layers on the fleet; the strategy talks to the top one.
 
-    Order, strategy side first: participation → faults → byzantine → eavesdropper → fleet.
+    Order, strategy side first: participation → faults → byzantine → eavesdropper → virtual
+    clock (with a ``network:`` section) → fleet.
     """
     grid: GridWrapper = fleet
+    if setup.scenario.network is not None:
+        grid = VirtualClock(grid, setup)  # innermost: it times what actually crossed the wire
     if setup.scenario.byzantine is not None:
         from attacks.byzantine import ByzantineClients
 
@@ -220,8 +225,13 @@ def make_server_app(setup: ServerSetup, recorder: Recorder, resume: dict | None 
     def main(grid: Grid, context: Context) -> None:
         fleet = make_fleet(grid, setup.scenario)
         fleet.connect(scenario_json, setup.partitions, wait_s=connect_s)
-        loop = FederatedLoop(setup, strategy, build_world(setup, fleet), fleet, recorder)
-        loop.run(loop.restore(resume) if resume else 1)
+        if isinstance(strategy, DecentralizedStrategy):  # the ServerApp plays the network
+            if resume:
+                raise ValueError("resuming decentralized runs is not supported (no checkpoint of node models)")
+            DecentralizedLoop(setup, strategy, fleet, recorder).run()
+        else:
+            loop = FederatedLoop(setup, strategy, build_world(setup, fleet), fleet, recorder)
+            loop.run(loop.restore(resume) if resume else 1)
 
     return app
 

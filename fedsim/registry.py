@@ -28,6 +28,7 @@ _BUILTIN_MODULES = (
     "fedsim.partition",
     "fedsim.models",
     "fedsim.participation",
+    "fedsim.topology",
     "strategies",
     "attacks.byzantine",
 )

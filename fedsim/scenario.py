@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
 from fedsim import registry
+from fedsim.network import ChurnEvent, NetworkParams
 
 
 class ScenarioError(Exception):
@@ -175,6 +176,10 @@ class Scenario(_Strict):
     runtime: Runtime = InProcessRuntime()
     output: Output = Output()
     sweep: dict[str, list[Any]] | None = Field(None, description="dotted key -> values; run with fedsim sweep")
+    # decentralized runs (fedsim.topology, fedsim.network)
+    topology: Component | None = None
+    network: NetworkParams | None = None
+    churn: list[ChurnEvent] = []
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -192,6 +197,7 @@ COMPONENTS = {
     "strategy": "strategy",
     "participation": "participation",
     "byzantine": "byzantine",
+    "topology": "topology",
 }
 
 
@@ -331,9 +337,43 @@ def validate(data: dict, source: str = "<scenario>", lines: dict | None = None) 
             comp._params = entry.params.model_validate(comp.raw_params())
         except ValidationError as exc:
             errors += [{**e, "loc": (field, *e["loc"])} for e in exc.errors()]
+    errors += _decentralized_only(scenario, data)
     if errors:
         raise _fail(errors, source, lines, data)
     return scenario
+
+
+def _decentralized_only(scenario: Scenario, data: dict) -> list[dict]:
+    """``topology`` and ``churn`` belong to decentralized strategies (registered with ``decentralized=True``).
+
+    For those, the topology must admit its mixing rule at this size, and churn must name
+    existing nodes.
+    """
+    try:
+        decentralized = registry.get("strategy", scenario.strategy.name).extras.get("decentralized", False)
+    except KeyError:
+        return []  # reported above
+    if not decentralized:
+        msg = f"only decentralized strategies use it; strategy '{scenario.strategy.name}' is centralized"
+        return [
+            {"loc": (key,), "type": "value_error", "msg": msg, "input": data.get(key)}
+            for key in ("topology", "churn")
+            if getattr(scenario, key)
+        ]
+    errors = []
+    if scenario.topology is not None and scenario.topology._params is not None:
+        from fedsim.topology import build_topology
+
+        try:
+            build_topology(scenario.topology, scenario.num_clients, scenario.seed).mixing(1)
+        except ValueError as exc:
+            errors.append({"loc": ("topology",), "type": "value_error", "msg": str(exc), "input": data.get("topology")})
+    for i, event in enumerate(scenario.churn):
+        bad = [n for n in event.nodes or [] if not 0 <= n < scenario.num_clients]
+        if bad:
+            msg = f"no such nodes among num_clients={scenario.num_clients}"
+            errors.append({"loc": ("churn", i, "nodes"), "type": "value_error", "msg": msg, "input": bad})
+    return errors
 
 
 def load(

@@ -1,6 +1,8 @@
 """Built-in strategies: one module per algorithm; importing this package registers them."""
 
 from strategies import (  # noqa: F401
+    dfedsam,
+    dpsgd,
     fedau,
     fedavg,
     fedavg_updates,
@@ -12,6 +14,7 @@ from strategies import (  # noqa: F401
     fedvarp,
     known_prob,
     mifa,
+    modest,
     robust,
     scaffold,
 )
