@@ -136,12 +136,14 @@ def _metric(record, key: str) -> float | None:
     return None if math.isnan(value) else value
 
 
-def build_world(setup: ServerSetup, fleet: Fleet) -> GridWrapper:
+def build_world(setup: ServerSetup, fleet: Fleet, run_dir: Path) -> GridWrapper:
     """Stack the scenario's world layers on the fleet; the strategy talks to the top one.
 
     Order, strategy side first: participation → faults → byzantine → eavesdropper → fleet.
     """
-    grid: GridWrapper = fleet
+    from attacks import eavesdropper
+
+    grid: GridWrapper = eavesdropper.build(setup, fleet, run_dir)
     return grid
 
 
@@ -156,7 +158,7 @@ def make_server_app(setup: ServerSetup, recorder: Recorder) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         fleet = Fleet(grid, setup.scenario.num_clients)
         fleet.connect(scenario_json, setup.partitions)
-        FederatedLoop(setup, strategy, build_world(setup, fleet), recorder).run()
+        FederatedLoop(setup, strategy, build_world(setup, fleet, recorder.dir), recorder).run()
 
     return app
 

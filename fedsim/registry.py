@@ -27,7 +27,11 @@ _BUILTIN_MODULES = (
     "fedsim.data",
     "fedsim.partition",
     "fedsim.models",
+    "fedsim.imagedata",
     "strategies",
+    "attacks.ig",
+    "attacks.dia",
+    "attacks.gifd",
 )
 
 

@@ -98,6 +98,7 @@ class Scenario(_Strict):
     model: Component = Component(name="mlp")
     strategy: Component = Component(name="fedavg")
     client: ClientTraining = ClientTraining()
+    eavesdropper: Component | None = None  # gradient inversion by the server (kind "inversion")
     evaluation: Evaluation = Evaluation()
     runtime: Runtime = InProcessRuntime()
     output: Output = Output()
@@ -111,7 +112,13 @@ class Scenario(_Strict):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-COMPONENTS = {"dataset": "dataset", "partition": "partitioner", "model": "model", "strategy": "strategy"}
+COMPONENTS = {
+    "dataset": "dataset",
+    "partition": "partitioner",
+    "model": "model",
+    "strategy": "strategy",
+    "eavesdropper": "inversion",
+}
 
 
 # --------------------------------------------------------------------------- loading

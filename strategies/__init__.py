@@ -1,3 +1,3 @@
 """Built-in strategies: one module per algorithm; importing this package registers them."""
 
-from strategies import fedavg, fedprox  # noqa: F401
+from strategies import fedavg, fedprox, fedsgd  # noqa: F401
