@@ -25,9 +25,21 @@ from fedsim.scenario import Scenario
 
 
 def attack_one_step(scenario: Scenario) -> tuple[list[dict], dict, object]:
-    """Attack each target's round-1 upload; returns (results, summary metrics, run dir)."""
+    """Attack each target's round-1 upload; returns (results, summary metrics, run dir).
+
+    Runs with the in-process runtime's ``threads`` torch threads (one by default), as a run does.
+    """
     if scenario.eavesdropper is None:
         raise ValueError("the scenario has no 'eavesdropper' section naming an attack")
+    saved = torch.get_num_threads()
+    torch.set_num_threads(getattr(scenario.runtime, "threads", saved))
+    try:
+        return _attack_one_step(scenario)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _attack_one_step(scenario: Scenario) -> tuple[list[dict], dict, object]:
     setup = prepare(scenario)
     run_dir = new_run_dir(scenario.output.dir, scenario.name)
     (run_dir / "scenario.yaml").write_text(yaml.safe_dump(scenario.to_dict(), sort_keys=False))
