@@ -75,7 +75,7 @@ class GIFDParams(EavesdropperParams):
     prior_dataset: str | None = Field(
         None, description="null: the task dataset's public (test) split; else another dataset's images (OOD)"
     )
-    prior_dataset_params: dict = Field(default_factory=dict)
+    prior_dataset_params: dict = Field({}, description="parameters of prior_dataset")
     prior_classes: list[int] | None = Field(None, description="train the prior on these classes only")
     prior_latent: int = Field(32, ge=1)
     prior_width: int = Field(64, ge=16)

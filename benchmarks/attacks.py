@@ -59,7 +59,10 @@ LOCAL = {1: LocalTraining(lr=0.1, steps=3, batch_size=1), 4: LocalTraining(lr=0.
 
 
 def victims(ds, batch: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``count`` batches of ``batch`` training examples with distinct labels (fixed picks)."""
+    """``count`` batches of ``batch`` training examples with distinct labels (fixed picks).
+
+    Each batch is in label order: the client's order within a batch is arbitrary, and so the
+    oracle's per-example masks line up with the attacker's (sorted) inferred labels."""
     out, start = [], 0
     for _ in range(count):
         idx, seen = [], set()
@@ -70,6 +73,7 @@ def victims(ds, batch: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor
             if len(idx) == batch:
                 start = i + 1
                 break
+        idx = sorted(idx, key=lambda i: ds.y_train[i])  # label order, as the attacker's inferred labels
         out.append((torch.from_numpy(ds.x_train[idx]), torch.from_numpy(ds.y_train[idx])))
     return out
 
