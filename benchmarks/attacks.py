@@ -18,10 +18,11 @@ latent-only stage of each GIFD run ("z only").
 
 Cut from the papers' budgets to fit a 2-core CPU (see --help): IG/DIA/WIIG 200 iterations
 (papers: 24 000 / 20 000), step decay at 3/8, 5/8, 7/8 for all three (DIA's plateau
-schedule never fires at this budget), 1 restart; GIFD 100 steps per stage (paper 1 000),
+schedule never fires at this budget), 1 restart; GIFD 60 steps per stage (paper 1 000),
 2 restarts (paper 4), priors trained 1 500 steps; IG in the prior part gets GIFD's step
-count (400 iterations × 2 restarts). Victims: 2 single images (B = 1) or one batch of 4.
-On patches the prior part runs FedSGD uploads only.
+count (stages × 60 iterations × 2 restarts). Victims: 2 single images (B = 1) or one batch
+of 4. On patches the prior part runs FedSGD uploads only and the in-distribution prior only
+(the OOD prior for patches would be digits).
 
     python benchmarks/attacks.py [--datasets digits patches] [--parts dropout prior]
 """
@@ -152,7 +153,8 @@ class Bench:
         knowledge = Knowledge(ds.input_shape, ds.num_classes, PIXELS, name, {}, 0)
         common = dict(steps=a.gifd_steps, restarts=2, prior_steps=a.prior_steps, cache_dir=str(a.cache))
         priors = {}
-        for which, prior_dataset in (("in", None), ("ood", OTHER[name])):
+        sources = [("in", None)] + ([("ood", OTHER[name])] if name in a.ood else [])
+        for which, prior_dataset in sources:
             start = time.perf_counter()
             priors[which] = gifd(GIFDParams(**common, prior_dataset=prior_dataset), knowledge)
             rep = priors[which].prior_report
@@ -224,7 +226,8 @@ def main() -> None:
     ap.add_argument("--uploads", nargs="+", default=["gradient", "update"], choices=["gradient", "update"])
     ap.add_argument("--victims", type=int, default=2, help="single-image victims for B = 1")
     ap.add_argument("--iterations", type=int, default=200, help="IG/DIA/WIIG iterations (dropout part)")
-    ap.add_argument("--gifd-steps", type=int, default=100, help="GIFD steps per stage and restart")
+    ap.add_argument("--gifd-steps", type=int, default=60, help="GIFD steps per stage and restart")
+    ap.add_argument("--ood", nargs="*", default=["digits"], help="datasets attacked with an OOD prior too")
     ap.add_argument("--prior-steps", type=int, default=1500)
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "priors")
     ap.add_argument("--out", type=Path, default=None, help="write results JSON and image grids here")

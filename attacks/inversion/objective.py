@@ -62,7 +62,7 @@ class LoopResult:
     best: list[torch.Tensor]  # detached copies of the variables at the best iterate
     total: float  # objective with regularisers at that iterate
     matching: float  # pure matching loss at that iterate
-    iterations: int  # iterations run
+    iterations: int  # iterations run (set when the loop ends)
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: LoopConfig):
@@ -100,7 +100,7 @@ def optimise(
         total, matching = loss_fn()
         value = total.item()
         if value < best.total:  # the loss belongs to the current (pre-step) iterate
-            best = LoopResult([v.detach().clone() for v in variables], value, matching.item(), it + 1)
+            best = LoopResult([v.detach().clone() for v in variables], value, matching.item(), 0)
             since_best = 0
         else:
             since_best += 1
@@ -117,5 +117,5 @@ def optimise(
             sched.step()
         with torch.no_grad():
             project()
-    best.iterations = it + 1 if cfg.iterations else 0
+    best.iterations = it + 1
     return best
