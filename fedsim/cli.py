@@ -114,6 +114,27 @@ def report(
 
 
 @app.command()
+def attack(file: ScenarioFile, overrides: Overrides = None) -> None:
+    """Run the scenario's eavesdropper attack standalone on one client step (round 1)."""
+    from attacks.standalone import attack_one_step
+
+    scenario = _load(file, overrides)
+    try:
+        results, _, run_dir = attack_one_step(scenario)
+    except (ValueError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    table = Table(title=f"{scenario.name}: {scenario.eavesdropper.name} on one client step")
+    for col in ("client", "upload", "examples", "PSNR (dB)", "SSIM", "label acc", "matching loss", "seconds"):
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(str(r["client"]), r["upload"], str(r["examples"]), f"{r['psnr']:.2f}", f"{r['ssim']:.3f}",
+                      f"{r['label_acc']:.2f}", f"{r['matching_loss']:.2e}", f"{r['seconds']:.1f}")
+    out.print(table)
+    out.print(f"LPIPS: {results[0]['lpips']}; run directory: {run_dir}")
+
+
+@app.command()
 def validate(file: ScenarioFile, overrides: Overrides = None) -> None:
     """Check a scenario and print it resolved, with every default filled in."""
     import yaml

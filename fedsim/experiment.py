@@ -183,15 +183,18 @@ def _metric(record, key: str) -> float | None:
     return float(record[key])
 
 
-def build_world(setup: ServerSetup, fleet: Fleet) -> GridWrapper:
+def build_world(setup: ServerSetup, fleet: Fleet, run_dir: Path) -> GridWrapper:
     """Stack the scenario's world layers on the fleet; the strategy talks to the top one.
 
     Order, strategy side first: participation → faults → byzantine → eavesdropper → virtual
     clock (with a ``network:`` section) → fleet.
     """
+    from attacks import eavesdropper
+
     grid: GridWrapper = fleet
     if setup.scenario.network is not None:
         grid = VirtualClock(grid, setup)  # innermost: it times what actually crossed the wire
+    grid = eavesdropper.build(setup, grid, run_dir)
     if setup.scenario.byzantine is not None:
         from attacks.byzantine import ByzantineClients
 
@@ -230,7 +233,7 @@ def make_server_app(setup: ServerSetup, recorder: Recorder, resume: dict | None 
                 raise ValueError("resuming decentralized runs is not supported (no checkpoint of node models)")
             DecentralizedLoop(setup, strategy, fleet, recorder).run()
         else:
-            loop = FederatedLoop(setup, strategy, build_world(setup, fleet), fleet, recorder)
+            loop = FederatedLoop(setup, strategy, build_world(setup, fleet, recorder.dir), fleet, recorder)
             loop.run(loop.restore(resume) if resume else 1)
 
     return app

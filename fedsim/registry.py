@@ -29,8 +29,12 @@ _BUILTIN_MODULES = (
     "fedsim.models",
     "fedsim.participation",
     "fedsim.topology",
+    "fedsim.imagedata",
     "strategies",
     "attacks.byzantine",
+    "attacks.ig",
+    "attacks.dia",
+    "attacks.gifd",
 )
 
 

@@ -172,6 +172,7 @@ class Scenario(_Strict):
     participation: Component | None = None  # exogenous client availability (fedsim.participation)
     byzantine: Component | None = Field(None, description="compromised clients and their attack")
     client: ClientTraining = ClientTraining()
+    eavesdropper: Component | None = None  # gradient inversion by the server (kind "inversion")
     evaluation: Evaluation = Evaluation()
     runtime: Runtime = InProcessRuntime()
     output: Output = Output()
@@ -198,6 +199,7 @@ COMPONENTS = {
     "participation": "participation",
     "byzantine": "byzantine",
     "topology": "topology",
+    "eavesdropper": "inversion",
 }
 
 

@@ -9,6 +9,7 @@ from strategies import (  # noqa: F401
     feddyn,
     fednga,
     fedprox,
+    fedsgd,
     fedsam,
     fedspeed,
     fedvarp,
