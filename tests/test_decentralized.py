@@ -171,6 +171,19 @@ def test_dpsgd_on_a_complete_graph_with_uniform_weights_is_fedavg_with_full_part
     assert b["spectral_gap"].tolist() == pytest.approx([1.0] * 3)
 
 
+def test_gossip_orders_differ_only_in_where_the_local_update_goes(tmp_path):
+    """From a common x0 on K_3 with uniform W, one round gives x̄ + mean Δ everywhere (train_gossip),
+    x̄ + Δ_i on node i (simultaneous: Lian et al.), and the same after gossip_train (mixing x0 is a no-op)."""
+    base = scenario(tmp_path, num_clients=3, rounds=1, topology={"name": "complete", "mixing": "uniform"})
+    a = fedsim.run(base).metrics.iloc[0]
+    b = fedsim.run(base, strategy={"name": "dpsgd", "order": "simultaneous"}).metrics.iloc[0]
+    c = fedsim.run(base, strategy={"name": "dpsgd", "order": "gossip_train"}).metrics.iloc[0]
+    assert a["consensus_distance"] < 1e-10 < b["consensus_distance"]
+    assert b["consensus_distance"] == pytest.approx(c["consensus_distance"], rel=1e-5)
+    assert abs(a["consensus_acc"] - b["consensus_acc"]) <= 1 / 360 + 1e-12  # the same mean model
+    assert a["bytes_up"] == b["bytes_up"] == c["bytes_up"]
+
+
 def test_gossip_bytes_in_rows_are_degree_times_q_times_model_size(tmp_path):
     sc = scenario(tmp_path, rounds=2, topology={"name": "torus"})
     res = fedsim.run(sc, strategy={"name": "dfedsam_mgs", "gossip_steps": 2})
