@@ -35,7 +35,13 @@ from flwr.cli.build import build_fab_from_disk
 from flwr.cli.typing import SuperLinkConnection
 from flwr.cli.utils import init_http_client_from_connection
 from flwr.common.serde import fab_to_proto, user_config_to_proto
-from flwr.proto.control_pb2 import ListRunsRequest, RegisterNodeRequest, StartRunRequest, StopRunRequest
+from flwr.proto.control_pb2 import (
+    ListNodesRequest,
+    ListRunsRequest,
+    RegisterNodeRequest,
+    StartRunRequest,
+    StopRunRequest,
+)
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.fab import Fab
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
@@ -98,16 +104,27 @@ def control_client(superlink: str, root_certificates: str | Path | None = None, 
         return init_http_client_from_connection(conn)
 
 
-def register_nodes(client, public_keys: list[Path]) -> list[int]:
-    """Register SuperNode public keys (OpenSSH, NIST EC) with a SuperLink that authenticates nodes."""
+def register_nodes(client, public_keys: list[Path]) -> list[str]:
+    """Register SuperNode public keys (OpenSSH, NIST EC) with a SuperLink that authenticates
+    nodes; a key it already knows counts as registered. One line per key says what happened."""
     from cryptography.hazmat.primitives import serialization
 
-    ids = []
+    done = []
     for path in public_keys:
         key = serialization.load_ssh_public_key(Path(path).read_bytes())
-        res = client.RegisterNode(RegisterNodeRequest(public_key=public_key_to_bytes(key), name=Path(path).stem))
-        ids.append(int(res.node_id))
-    return ids
+        try:
+            res = client.RegisterNode(RegisterNodeRequest(public_key=public_key_to_bytes(key), name=Path(path).stem))
+            done.append(f"{path}: node {res.node_id}")
+        except httpx.HTTPStatusError as exc:
+            if "already in use" not in exc.response.text:
+                raise
+            done.append(f"{path}: already registered")
+    return done
+
+
+def online_nodes(client) -> int:
+    """How many SuperNodes the SuperLink counts as online."""
+    return sum(n.status == "online" for n in client.ListNodes(ListNodesRequest()).nodes_info)
 
 
 def run_status(client, run_id: int):
