@@ -170,7 +170,8 @@ def submit(scenario: Scenario, console: Console | None = None):
         try:
             status = _wait(client, run_id, rt, follower)
         except KeyboardInterrupt:
-            client.StopRun(StopRunRequest(run_id=run_id))
+            with contextlib.suppress(httpx.HTTPError):
+                client.StopRun(StopRunRequest(run_id=run_id))
             raise
         finally:
             follower.close()
@@ -225,10 +226,10 @@ class _Follower:
     def update(self) -> None:
         if not self.path.exists():
             return
-        with open(self.path) as f:
+        with open(self.path, "rb") as f:
             f.seek(self._offset)
             chunk = f.read()
-        lines = chunk.split("\n")
+        lines = chunk.split(b"\n")
         self._offset += len(chunk) - len(lines[-1])  # keep a partly written last line for later
         for line in lines[:-1]:
             if line.strip():
@@ -238,6 +239,8 @@ class _Follower:
 
     def kept(self) -> str:
         """Where the recorded rounds are, for an error message (and the CSV derived from them)."""
+        if not self.path.exists():
+            return f"; its run directory {self.run_dir} is not visible from here (it is on the SuperLink's host)"
         if not self.rows:
             return f"; no round was recorded in {self.run_dir}"
         from fedsim.recorder import read_metrics
