@@ -269,7 +269,8 @@ def cluster_register(
     timeout: Annotated[float, typer.Option(help="seconds to wait for the SuperLink")] = 120.0,
 ) -> None:
     """Register SuperNode public keys with a SuperLink started with --enable-supernode-auth."""
-    from fedsim.cluster import register, wait_for_superlink
+    from fedsim.cluster import wait_for_superlink
+    from fedsim.deployment import register_nodes
 
     if root_certificates is None:
         err.print("[red]error:[/red] node registration needs TLS: --root-certificates CA")
@@ -280,7 +281,7 @@ def cluster_register(
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
     try:
-        for line in register(client, keys):
+        for line in register_nodes(client, keys):
             out.print(line, highlight=False)
     finally:
         client.close()

@@ -31,7 +31,7 @@ import httpx
 import yaml
 
 from fedsim.certs import Certs
-from fedsim.deployment import FLOWER_ENV, control_client, register_nodes
+from fedsim.deployment import FLOWER_ENV, control_client, online_nodes, register_nodes
 
 SUPERLINK_PORT = 8000  # Flower 1.41's SuperLink: Control, ServerAppIo and Fleet HTTP APIs on one port
 SUPERNODE_PORT = 9094  # a SuperNode's own Runtime API, for the ClientApp processes it starts
@@ -97,7 +97,7 @@ def wait_for_superlink(superlink: str, root_certificates: Path | None, timeout: 
     while True:
         client = control_client(superlink, root_certificates, insecure=root_certificates is None)
         try:
-            client.ListNodes(_list_nodes_request())
+            online_nodes(client)
             return client
         except httpx.TransportError as exc:
             client.close()
@@ -106,30 +106,6 @@ def wait_for_superlink(superlink: str, root_certificates: Path | None, timeout: 
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no SuperLink answered at {superlink} within {timeout:.0f} s ({exc})") from None
             time.sleep(0.5)
-
-
-def _list_nodes_request():
-    from flwr.proto.control_pb2 import ListNodesRequest
-
-    return ListNodesRequest()
-
-
-def online_nodes(client) -> int:
-    return sum(n.status == "online" for n in client.ListNodes(_list_nodes_request()).nodes_info)
-
-
-def register(client, keys: list[Path]) -> list[str]:
-    """Register node keys; a key the SuperLink already knows counts as registered."""
-    done = []
-    for key in keys:
-        try:
-            (node_id,) = register_nodes(client, [key])
-            done.append(f"{key}: node {node_id}")
-        except httpx.HTTPStatusError as exc:
-            if "already in use" not in exc.response.text:
-                raise
-            done.append(f"{key}: already registered")
-    return done
 
 
 # --------------------------------------------------------------------------- processes
@@ -267,7 +243,7 @@ class LocalCluster:
             client = wait_for_superlink(self.superlink, ca, timeout, alive=lambda: _alive(superlink.pid))
             try:
                 if self.node_auth:
-                    register(client, [self.certs.node_public_key(i) for i in range(self.nodes)])
+                    register_nodes(client, [self.certs.node_public_key(i) for i in range(self.nodes)])
                 for i in range(self.nodes):
                     self._spawn(self.node_name(i), self.supernode_command(i, free_port()))
                 deadline = time.monotonic() + timeout

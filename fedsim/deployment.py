@@ -35,7 +35,13 @@ from flwr.cli.build import build_fab_from_disk
 from flwr.cli.typing import SuperLinkConnection
 from flwr.cli.utils import init_http_client_from_connection
 from flwr.common.serde import fab_to_proto, user_config_to_proto
-from flwr.proto.control_pb2 import ListRunsRequest, RegisterNodeRequest, StartRunRequest, StopRunRequest
+from flwr.proto.control_pb2 import (
+    ListNodesRequest,
+    ListRunsRequest,
+    RegisterNodeRequest,
+    StartRunRequest,
+    StopRunRequest,
+)
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.fab import Fab
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
@@ -98,16 +104,27 @@ def control_client(superlink: str, root_certificates: str | Path | None = None, 
         return init_http_client_from_connection(conn)
 
 
-def register_nodes(client, public_keys: list[Path]) -> list[int]:
-    """Register SuperNode public keys (OpenSSH, NIST EC) with a SuperLink that authenticates nodes."""
+def register_nodes(client, public_keys: list[Path]) -> list[str]:
+    """Register SuperNode public keys (OpenSSH, NIST EC) with a SuperLink that authenticates
+    nodes; a key it already knows counts as registered. One line per key says what happened."""
     from cryptography.hazmat.primitives import serialization
 
-    ids = []
+    done = []
     for path in public_keys:
         key = serialization.load_ssh_public_key(Path(path).read_bytes())
-        res = client.RegisterNode(RegisterNodeRequest(public_key=public_key_to_bytes(key), name=Path(path).stem))
-        ids.append(int(res.node_id))
-    return ids
+        try:
+            res = client.RegisterNode(RegisterNodeRequest(public_key=public_key_to_bytes(key), name=Path(path).stem))
+            done.append(f"{path}: node {res.node_id}")
+        except httpx.HTTPStatusError as exc:
+            if "already in use" not in exc.response.text:
+                raise
+            done.append(f"{path}: already registered")
+    return done
+
+
+def online_nodes(client) -> int:
+    """How many SuperNodes the SuperLink counts as online."""
+    return sum(n.status == "online" for n in client.ListNodes(ListNodesRequest()).nodes_info)
 
 
 def run_status(client, run_id: int):
@@ -153,7 +170,8 @@ def submit(scenario: Scenario, console: Console | None = None):
         try:
             status = _wait(client, run_id, rt, follower)
         except KeyboardInterrupt:
-            client.StopRun(StopRunRequest(run_id=run_id))
+            with contextlib.suppress(httpx.HTTPError):
+                client.StopRun(StopRunRequest(run_id=run_id))
             raise
         finally:
             follower.close()
@@ -208,10 +226,10 @@ class _Follower:
     def update(self) -> None:
         if not self.path.exists():
             return
-        with open(self.path) as f:
+        with open(self.path, "rb") as f:
             f.seek(self._offset)
             chunk = f.read()
-        lines = chunk.split("\n")
+        lines = chunk.split(b"\n")
         self._offset += len(chunk) - len(lines[-1])  # keep a partly written last line for later
         for line in lines[:-1]:
             if line.strip():
@@ -221,6 +239,8 @@ class _Follower:
 
     def kept(self) -> str:
         """Where the recorded rounds are, for an error message (and the CSV derived from them)."""
+        if not self.path.exists():
+            return f"; its run directory {self.run_dir} is not visible from here (it is on the SuperLink's host)"
         if not self.rows:
             return f"; no round was recorded in {self.run_dir}"
         from fedsim.recorder import read_metrics

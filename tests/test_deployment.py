@@ -261,3 +261,20 @@ def test_the_image_builds_and_runs_fedsim_as_a_non_root_user():
     out = subprocess.run([engine, "run", "--rm", "fedsim:test", "sh", "-c", "id -u && fedsim list"],
                          capture_output=True, text=True, check=True, timeout=300).stdout
     assert out.splitlines()[0] == "49999" and "fedavg" in out
+
+
+def test_the_flower_app_and_control_api_internals_match_the_pinned_minor():
+    """fedsim/deployment.py builds the FAB and talks to the Control API with flwr internals."""
+    import flwr
+    from flwr.common.config import get_fab_config
+    from flwr.proto.control_pb2 import StartRunRequest
+
+    from fedsim.deployment import APP_DIR, build_fab_from_disk
+
+    assert flwr.__version__.startswith("1.41."), flwr.__version__
+    config = get_fab_config(build_fab_from_disk(APP_DIR))  # validates it as Flower does
+    assert config["tool"]["flwr"]["app"]["components"] == {
+        "serverapp": "fedsim.deployment:app", "clientapp": "fedsim.client:app"
+    }
+    assert set(config["tool"]["flwr"]["app"]["config"]) == {"scenario", "run-dir"}
+    assert {"fab", "override_config"} <= set(StartRunRequest.DESCRIPTOR.fields_by_name)

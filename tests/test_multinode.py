@@ -24,7 +24,7 @@ import pytest
 import fedsim
 from fedsim.certs import generate
 from fedsim.cluster import LocalCluster, tagged_processes
-from fedsim.deployment import DeploymentError
+from fedsim.deployment import DeploymentError, control_client, online_nodes, register_nodes
 from fedsim.recorder import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -50,8 +50,16 @@ def _wait_rows(runs: Path, n: int, stop: threading.Event) -> None:
 def deployed(tmp_path_factory):
     """Run the reduced scenario on the cluster, killing a SuperNode and then the SuperLink."""
     root = tmp_path_factory.mktemp("multinode")
-    cluster = LocalCluster(root / "cluster", 3, generate(root / "certs", nodes=3), node_auth=True)
+    certs = generate(root / "certs", nodes=3)
+    cluster = LocalCluster(root / "cluster", 3, certs, node_auth=True)
     cluster.start()
+    client = control_client(cluster.superlink, certs.ca_cert)
+    try:  # registering again (compose's `register` on a restart) is harmless
+        keys = [certs.node_public_key(i) for i in range(3)]
+        assert register_nodes(client, keys) == [f"{k}: already registered" for k in keys]
+        assert online_nodes(client) == 3
+    finally:
+        client.close()
     events: dict = {}
     returned = threading.Event()
 
