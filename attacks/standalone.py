@@ -51,7 +51,8 @@ def _attack_one_step(scenario: Scenario) -> tuple[list[dict], dict, object]:
     for client in attacker.params.targets:
         idx = torch.from_numpy(setup.partitions[client])
         model = copy.deepcopy(setup.model)
-        env = ClientEnv(scenario, client, model, x_all[idx], y_all[idx], RecordDict(), model.state_dict(keep_vars=True))
+        env = ClientEnv(scenario, client, model, x_all[idx], y_all[idx], RecordDict(), model.state_dict(keep_vars=True),
+                        setup.dataset.num_classes)
         reply = handler(sent, env)
         results.append(attacker.run(1, client, sent, reply))
     attacker.save_grid(1, results)

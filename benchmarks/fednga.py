@@ -53,10 +53,10 @@ from flwr.serverapp.strategy.multikrum import select_multikrum  # noqa: E402
 from strategies.fednga import normalized_average  # noqa: E402
 from strategies.robust import centered_clip, geometric_median  # noqa: E402
 
-METHODS = ["fednga", "fedsgd", "median", "trimmed_mean", "krum", "multikrum", "geomed", "cclip"]
+METHODS = ["fednga", "mean", "median", "trimmed_mean", "krum", "multikrum", "geomed", "cclip"]
 ATTACKS = ["gaussian", "all_ones", "sign_flip", "lie", "foe", "label_flip"]
 FRACTIONS = [0.2, 0.3]
-STRONG_FOE = {"fednga", "fedsgd", "cclip"}  # Fed-NGA App. B: q = −3(M − B) against these
+STRONG_FOE = {"fednga", "mean", "cclip"}  # Fed-NGA App. B: q = −3(M − B) against these
 
 
 def base_scenario(clients: int, rounds: int, out: str) -> dict:
@@ -142,7 +142,7 @@ def rules(n: int) -> dict:
     f = n // 5
     return {
         "fednga": lambda U, a, recs: normalized_average(U, a),
-        "fedsgd": lambda U, a, recs: a @ U,
+        "mean": lambda U, a, recs: a @ U,
         "median": lambda U, a, recs: np.median(U.numpy(), axis=0),  # FedMedian's op
         "trimmed_mean": lambda U, a, recs: trim_mean(U.numpy(), f / n),  # Flower's function
         # Flower's Krum works on records only: one array per record, so it includes one read of U
@@ -226,7 +226,7 @@ def main() -> None:
             print(f"  vs {method:13s} {wins:2d}/{len(nga)}")
         drop = (nga.max() - df[(df.method == "fednga") & (df.attack == "none")]["best_acc"].iloc[0])
         close = int((attacked[attacked.method == "fednga"]["ratio"] >= 0.95).sum())
-        collapse = int((attacked[attacked.method == "fedsgd"]["best_acc"] < 0.3).sum())
+        collapse = int((attacked[attacked.method == "mean"]["best_acc"] < 0.3).sum())
         print(f"Fed-NGA within 5% of its no-attack accuracy in {close}/{len(nga)} attacked cells; "
               f"FedSGD below 30% in {collapse}/{len(nga)} (best attacked − clean for Fed-NGA: {drop:+.3f})")
         print(f"[table 1: {time.time() - start:.0f} s]")

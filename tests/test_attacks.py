@@ -145,7 +145,7 @@ def test_client_step_simulation_equals_the_real_client_handlers(tiny):
     x, y = distinct(6)
     sent = RecordDict({"arrays": to_record(net.state_dict()), "config": ConfigRecord({"server-round": 1})})
     for handler, kind in ((fedsgd_train, "gradient"), (fedavg_train, "update")):
-        env = ClientEnv(sc, 0, model(seed=9, hidden=[16]), x, y, RecordDict(), {})
+        env = ClientEnv(sc, 0, model(seed=9, hidden=[16]), x, y, RecordDict(), {}, 10)
         env.targets = env.model.state_dict(keep_vars=True)
         reply = to_state_dict(handler(sent, env)["arrays"])
         gen = env.generator(1, "shuffle")

@@ -72,7 +72,7 @@ def test_zero_updates_contribute_nothing_but_keep_their_weight():
 @pytest.mark.parametrize(
     "name, params, rule",
     [
-        ("fedsgd", {}, lambda U, a: (a[:, None] * U).sum(0)),
+        ("mean", {}, lambda U, a: (a[:, None] * U).sum(0)),
         ("median", {}, lambda U, a: np.sort(U, axis=0)[2]),
         ("trimmed_mean", {"beta": 0.25}, lambda U, a: np.sort(U, axis=0)[1:-1].mean(0)),  # ⌊0.25·5⌋ = 1 cut per tail
         ("krum", {"num_malicious_nodes": 1}, lambda U, a: U[0]),
@@ -145,7 +145,7 @@ def test_client_uploads_one_minibatch_gradient_or_its_local_sgd_update(tiny):
     x, y = torch.from_numpy(ds.x_train[:50]), torch.from_numpy(ds.y_train[:50])
     model = build_model("mlp", {"hidden": [8]}, ds.input_shape, ds.num_classes)
     w = ArrayRecord(model.state_dict())
-    env = ClientEnv(sc, 1, model, x, y, RecordDict(), 10)
+    env = ClientEnv(sc, 1, model, x, y, RecordDict(), model.state_dict(keep_vars=True), 10)
     content = RecordDict({"arrays": w, "config": ConfigRecord({"server-round": 4, "client-update": "gradient"})})
     got = upload_update(content, env)
     # the minibatch: the first batch_size indices of the (seed, round 4, client 1, "minibatch") permutation
