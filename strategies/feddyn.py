@@ -29,6 +29,7 @@ import torch
 from flwr.app import ArrayRecord, RecordDict
 from pydantic import Field
 
+from fedsim.state import Checkpointable
 from fedsim.client import ClientEnv
 from fedsim.registry import register
 from strategies.fedavg import FedAvg, FedAvgParams, sampling_kwargs
@@ -83,8 +84,10 @@ def feddyn_train(content: RecordDict, env: ClientEnv) -> RecordDict:
     return env.reply(loss, **state_metrics(size, dual))
 
 
-class FedDyn(FedAvg):
+class FedDyn(Checkpointable, FedAvg):
     """Seeded sampling from FedAvg; FedDyn's server state h and update."""
+
+    checkpoint_fields = ("h", "report")  # server state saved in checkpoints
 
     def __init__(self, *args, alpha: float, num_clients: int, **kwargs):
         super().__init__(*args, **kwargs)

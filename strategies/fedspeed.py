@@ -57,6 +57,7 @@ import torch
 from flwr.app import ArrayRecord, RecordDict
 from pydantic import Field
 
+from fedsim.state import Checkpointable
 from fedsim.client import ClientEnv
 from fedsim.registry import register
 from strategies.fedavg import FedAvg, FedAvgParams, sampling_kwargs
@@ -162,8 +163,10 @@ def fedspeed_train(content: RecordDict, env: ClientEnv) -> RecordDict:
     return env.reply(loss, **state_metrics(size, h))
 
 
-class FedSpeed(FedAvg):
+class FedSpeed(Checkpointable, FedAvg):
     """Seeded sampling from FedAvg; FedSpeed's server update (paper or code variant)."""
+
+    checkpoint_fields = ("h_mean", "report")  # server state saved in checkpoints
 
     def __init__(self, *args, variant: str, local: dict, num_clients: int, **kwargs):
         super().__init__(*args, **kwargs)

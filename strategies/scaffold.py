@@ -32,6 +32,7 @@ import torch
 from flwr.app import ArrayRecord, RecordDict
 from pydantic import Field
 
+from fedsim.state import Checkpointable
 from fedsim.client import ClientEnv
 from fedsim.registry import register
 from strategies.fedavg import FedAvg, FedAvgParams, sampling_kwargs
@@ -96,8 +97,10 @@ def scaffold_train(content: RecordDict, env: ClientEnv) -> RecordDict:
     return reply(env, loss, {CONTROL_DELTA_KEY: vector_record(c_i_new - c_i)}, **state_metrics(size, c_i))
 
 
-class Scaffold(FedAvg):
+class Scaffold(Checkpointable, FedAvg):
     """Seeded sampling from FedAvg; SCAFFOLD's messages and server update."""
+
+    checkpoint_fields = ("control", "report")  # server state saved in checkpoints
 
     def __init__(self, *args, num_clients: int, global_lr: float, **kwargs):
         super().__init__(*args, **kwargs)

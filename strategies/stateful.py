@@ -213,12 +213,12 @@ class StateReport:
     mean, as Flower's FedAvg reports it.
     """
 
-    held: dict[int, float] = field(default_factory=dict)
+    held: dict[str, float] = field(default_factory=dict)  # node id (as text, for checkpoints) -> bytes
 
     def metrics(self, replies: list[Message], server_state_bytes: int) -> MetricRecord:
         records = [r.content["metrics"] for r in replies]
         for reply, rec in zip(replies, records, strict=True):
-            self.held[reply.metadata.src_node_id] = float(rec["state_bytes"])
+            self.held[str(reply.metadata.src_node_id)] = float(rec["state_bytes"])
         examples = [float(rec["num-examples"]) for rec in records]
         return MetricRecord(
             {

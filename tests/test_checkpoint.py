@@ -110,3 +110,15 @@ def test_divergence_stops_the_run_with_a_clear_message_and_keeps_the_rows(tiny, 
     (run_dir,) = (tmp_path / "runs" / "tiny").iterdir()
     rows = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert 1 <= len(rows) < 3 and (run_dir / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize("strategy", [{"name": "scaffold"}, {"name": "feddyn"}, {"name": "fedspeed", "variant": "code"}])
+def test_resume_keeps_server_and_client_state_of_stateful_strategies(tiny, tmp_path, strategy):
+    sc = dict(tiny, rounds=4, strategy=strategy, output={"dir": str(tmp_path / "runs"), "progress": False, "checkpoint_every": 2})
+    full = fedsim.run(dict(sc, name="full"))
+    two = fedsim.run(dict(sc, name="two"), rounds=2)
+    spec = yaml.safe_load((two.run_dir / "scenario.yaml").read_text())
+    spec["rounds"] = 4
+    (two.run_dir / "scenario.yaml").write_text(yaml.safe_dump(spec))
+    assert CliRunner().invoke(app, ["resume", str(two.run_dir)]).exit_code == 0
+    pd.testing.assert_frame_equal(comparable(read_metrics(two.run_dir)), comparable(read_metrics(full.run_dir)))
