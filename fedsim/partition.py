@@ -16,7 +16,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-
 from pydantic import Field
 
 from fedsim.registry import Params, get, register
