@@ -46,7 +46,7 @@ by −(1/lamb)·mean_{P_t} ∇f_i; with 0.1 at 25% participation the benchmark's
 not settle (52% final accuracy at Dir(0.1), 5 epochs, where FedAvg reaches 89%).
 The paper's own α, ρ, λ and whether its ascent is normalised could not be read from the
 PDF here; the raw ascent (ρ·g1) and α = 0.9 follow third-party
-re-implementations (FLGo's ``fedspeed``) and are marked unverified in docs/fedspeed.md.
+re-implementations (FLGo's ``fedspeed``) and are marked unverified in the README's FedSpeed section.
 """
 
 from __future__ import annotations
