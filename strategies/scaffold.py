@@ -32,9 +32,9 @@ import torch
 from flwr.app import ArrayRecord, RecordDict
 from pydantic import Field
 
-from fedsim.state import Checkpointable
 from fedsim.client import ClientEnv
 from fedsim.registry import register
+from fedsim.state import Checkpointable
 from strategies.fedavg import FedAvg, FedAvgParams, sampling_kwargs
 from strategies.stateful import (
     StateReport,
