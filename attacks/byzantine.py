@@ -10,8 +10,8 @@ client (label flip) follows the protocol honestly on corrupted data.
 Attacks act on the vector the strategy aggregates, the client's *update*:
 
 - a strategy registered with ``upload="update"`` (Fed-NGA and the robust rules of
-  ``strategies/robust.py``) receives the update itself (one stochastic gradient, or
-  w^t − y after local SGD), and the attack replaces it;
+  ``strategies/robust.py``: one stochastic gradient, or w^t − y after local SGD) or
+  ``upload="gradient"`` (FedSGD) receives the update itself, and the attack replaces it;
 - any other strategy receives a model y; the attack acts on Δ = y − x, x the model the
   server sent that round, and the compromised client uploads x + Δ'.
 
@@ -169,7 +169,7 @@ class ByzantineClients(GridWrapper):
         )
         sizes = np.asarray(setup.partition_sizes, float)
         self.weight = float(sizes[sorted(self.compromised)].sum() / sizes.sum())  # realised C̄α
-        self.uploads_update = registry.get("strategy", sc.strategy.name).extras.get("upload") == "update"
+        self.uploads_update = registry.get("strategy", sc.strategy.name).extras.get("upload") in ("update", "gradient")
         self.exchanges = 0
         self.sent: dict[int, Message] = {}  # this exchange's instructions, by partition
         self.attacked: list[int] = []

@@ -7,7 +7,7 @@ step-size schedule. Only R differs, so a comparison with Fed-NGA is one of rules
 
 | name          | R                                                           | from |
 |---------------|-------------------------------------------------------------|------|
-| mean          | Σ α_m g_m (FedSGD, McMahan et al. 2017; Fed-NGA's "FedAvg") | Flower ``FedAvg`` |
+| mean          | Σ α_m g_m (FedSGD's rule, McMahan et al. 2017; Fed-NGA's "FedAvg") | Flower ``FedAvg`` |
 | median        | coordinate-wise median (Yin et al., ICML 2018)              | Flower ``FedMedian`` |
 | trimmed_mean  | coordinate-wise β-trimmed mean (Yin et al. 2018)            | Flower ``FedTrimmedAvg`` |
 | krum          | the upload with the least Krum score (Blanchard et al. 2017)| Flower ``Krum`` |
@@ -35,14 +35,14 @@ def _register(name: str, params=UpdatePathParams):
 # ------------------------------------------------------------------- Flower's own rules
 
 
-class FedSGD(ServerDescent, SeededSampling, flwr_strategy.FedAvg):
+class Mean(ServerDescent, SeededSampling, flwr_strategy.FedAvg):
     """w ← w − η_t Σ α_m g_m."""
 
 
 @_register("mean")
-def mean(params: UpdatePathParams, setup) -> FedSGD:
-    """FedSGD / FedAvg on updates: w ← w − η_t Σ α_m g_m (Fed-NGA's FedAvg baseline)."""
-    return FedSGD(path=params, **sampling_kwargs(params, setup))
+def mean(params: UpdatePathParams, setup) -> Mean:
+    """Weighted mean of client updates: w ← w − η_t Σ α_m g_m (FedSGD's rule; Fed-NGA's FedAvg baseline)."""
+    return Mean(path=params, **sampling_kwargs(params, setup))
 
 
 class Median(ServerDescent, SeededSampling, flwr_strategy.FedMedian):

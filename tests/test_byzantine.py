@@ -1,5 +1,6 @@
 """Byzantine clients: each attack's formula on hand-made updates, the compromised set, the world layer."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -139,13 +140,24 @@ def _vec(reply):
     return np.concatenate([reply.content["arrays"]["w"].numpy(), reply.content["arrays"]["b"].numpy().ravel()])
 
 
-def test_layer_forges_compromised_update_uploads_from_the_honest_ones():
+@pytest.fixture
+def gradient_upload(monkeypatch):
+    """A strategy registered as FedSGD is (``upload="gradient"``): its replies are the gradients."""
+    entry = dataclasses.replace(registry.get("strategy", "fedavg"), name="grad_upload", extras={"upload": "gradient"})
+    monkeypatch.setitem(registry._entries["strategy"], "grad_upload", entry)
+    return "grad_upload"
+
+
+@pytest.mark.parametrize("strategy", ["fednga", "grad_upload"])
+def test_layer_forges_compromised_update_uploads_from_the_honest_ones(strategy, gradient_upload):
     sizes = [10] * 6
     byz = {"name": "sign_flip", "fraction": 0.5, "count_by": "count"}
-    layer = ByzantineClients(StubFleet(_answer), _setup("fednga", byz, sizes))
+    layer = ByzantineClients(StubFleet(_answer), _setup(strategy, byz, sizes))
     bad = sorted(layer.compromised)
     assert bad == compromised_clients(5, sizes, 0.5, "count") and len(bad) == 3
-    replies = layer.send_and_receive(_train(6))
+    # a non-zero model sent: an update upload is replaced as is (a model upload would be x + Δ')
+    sent = {"w": np.array([1.0, -2.0, 3.0], np.float32), "b": np.array([[4.0]], np.float32)}
+    replies = layer.send_and_receive(_train(6, sent))
     honest = [p for p in range(6) if p not in bad]
     flipped = -3.0 * sum(np.concatenate([u.ravel() for u in _uploads(p)]) for p in honest)
     for p, r in enumerate(replies):

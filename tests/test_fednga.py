@@ -134,33 +134,46 @@ def test_centered_clipping_on_hand_made_updates_and_its_centre_persists():
     np.testing.assert_allclose(new, -step_size(PATH, 2) * (v1 + step).numpy(), rtol=1e-5)
 
 
-def test_client_uploads_one_minibatch_gradient_or_its_local_sgd_update(tiny):
-    from fedsim.client import ClientEnv
+def test_client_uploads_one_minibatch_gradient_or_its_local_sgd_update():
+    """Through the generic ClientApp: ∇ on the (seed, round, client) minibatch, or w − y after local SGD."""
+    import json
+
+    from fedsim.client import app
     from fedsim.data import load_dataset
     from fedsim.models import build_model
+    from fedsim.runtime import InProcessGrid
+    from fedsim.training import local_sgd, torch_generator
+    from fedsim.world import Fleet
 
-    tiny["strategy"] = {"name": "fednga"}
-    sc = fedsim.load_scenario(tiny)
-    ds = load_dataset("digits", {}, sc.seed)
-    x, y = torch.from_numpy(ds.x_train[:50]), torch.from_numpy(ds.y_train[:50])
+    sc = fedsim.load_scenario(
+        {"name": "t", "seed": 2, "rounds": 1, "num_clients": 2, "model": {"name": "mlp", "hidden": [8]},
+         "strategy": {"name": "fednga"}, "client": {"batch_size": 16, "lr": 0.1, "steps": 3}}
+    )
+    ds = load_dataset("digits", {}, 2)
+    parts = [np.arange(0, 40), np.arange(40, 90)]
+    fleet = Fleet(InProcessGrid(app, 2, seed=2), 2)
+    fleet.connect(json.dumps(sc.to_dict()), parts)
     model = build_model("mlp", {"hidden": [8]}, ds.input_shape, ds.num_classes)
     w = ArrayRecord(model.state_dict())
-    env = ClientEnv(sc, 1, model, x, y, RecordDict(), model.state_dict(keep_vars=True), 10)
-    content = RecordDict({"arrays": w, "config": ConfigRecord({"server-round": 4, "client-update": "gradient"})})
-    got = upload_update(content, env)
-    # the minibatch: the first batch_size indices of the (seed, round 4, client 1, "minibatch") permutation
-    idx = torch.randperm(len(x), generator=env.generator(4, "minibatch"))[: sc.client.batch_size]
-    env.load(w)
+    x, y = torch.from_numpy(ds.x_train[parts[1]]), torch.from_numpy(ds.y_train[parts[1]])
+
+    def upload(mode):
+        content = RecordDict({"arrays": w, "config": ConfigRecord({"server-round": 4, "client-update": mode})})
+        (r,) = fleet.send_and_receive([Message(content, fleet.node[1], "train")])
+        assert r.content["metrics"]["num-examples"] == 50
+        return r.content["arrays"]
+
+    got = upload("gradient")
+    idx = torch.randperm(50, generator=torch_generator(2, 4, 1, "minibatch"))[:16]
+    model.load_state_dict(w.to_torch_state_dict())
     F.cross_entropy(model(x[idx]), y[idx]).backward()
     for key, p in model.named_parameters():
-        np.testing.assert_allclose(got["arrays"][key].numpy(), p.grad.numpy(), rtol=1e-5, atol=1e-7)
-    assert got["metrics"]["num-examples"] == len(x)
-    # local_sgd: the upload is w − y after the scenario's local SGD from w
-    content["config"]["client-update"] = "local_sgd"
-    got = upload_update(content, env)
-    trained = {k: p.detach().clone() for k, p in env.model.named_parameters()}
-    for key, arr in w.items():
-        np.testing.assert_allclose(got["arrays"][key].numpy(), arr.numpy() - trained[key].numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(got[key].numpy(), p.grad.numpy(), rtol=1e-5, atol=1e-7)
+    got = upload("local_sgd")
+    model.load_state_dict(w.to_torch_state_dict())
+    local_sgd(model, x, y, **sc.client.model_dump(), gen=torch_generator(2, 4, 1, "shuffle"))
+    for key, p in model.named_parameters():
+        np.testing.assert_allclose(got[key].numpy(), w[key].numpy() - p.detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_fednga_run_learns_and_records_aggregation_time_without_the_attack(tiny, monkeypatch):
