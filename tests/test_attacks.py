@@ -26,6 +26,7 @@ from attacks.inversion.replay import client_step, compute_upload
 from fedsim.cli import app
 from fedsim.client import ClientEnv, fedavg_train
 from fedsim.data import load_dataset
+from fedsim.experiment import prepare
 from fedsim.models import build_model
 from fedsim.records import to_record, to_state_dict
 from fedsim.registry import register
@@ -115,7 +116,7 @@ def test_eavesdropper_hands_the_attack_only_what_the_server_received(tiny, strat
     assert kwargs == {} and len(args) == 1 and isinstance(args[0], Knowledge)
     calls = SPY["calls"]
     assert len(calls) == 2
-    setup = fedsim.experiment.prepare(res.scenario)
+    setup = prepare(res.scenario)
     truth = GroundTruth(res.scenario, setup.dataset.x_train, setup.dataset.y_train, setup.partitions)
     for (args, kwargs), client_id in zip(calls, [1, 3]):
         assert kwargs == {} and len(args) == 1
@@ -334,3 +335,16 @@ def test_fedsim_attack_runs_one_client_step(tiny, tmp_path):
     assert (run_dir / "attack_ig_round1.png").exists()
     bad = CliRunner().invoke(app, ["attack", str(path), "eavesdropper.iterationz=3"])
     assert bad.exit_code == 2 and "'eavesdropper.iterationz'" in bad.output
+
+
+def test_eavesdropper_refuses_uploads_it_cannot_replay_and_unknown_targets(tiny, tmp_path):
+    from attacks.eavesdropper import Attacker, upload_kind
+
+    tiny["eavesdropper"] = {"name": "ig", "targets": [4]}
+    assert upload_kind(fedsim.load_scenario(tiny, {"strategy.name": "fedsgd"})) == "gradient"
+    assert upload_kind(fedsim.load_scenario(tiny)) == "update"
+    with pytest.raises(ValueError, match="own client objective"):
+        upload_kind(fedsim.load_scenario(tiny, {"strategy.name": "fedprox"}))
+    setup = prepare(fedsim.load_scenario(tiny))
+    with pytest.raises(ValueError, match=r"targets \[4\]"):
+        Attacker(setup.scenario, setup.dataset, setup.partitions, setup.model, tmp_path)
