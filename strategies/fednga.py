@@ -28,6 +28,8 @@ round reports how many there were (``zero_norm_updates``).
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 from collections.abc import Iterable
 from typing import Literal
 
@@ -118,8 +120,9 @@ class ServerDescent:
 class VectorRule(flwr_strategy.FedAvg):
     """A rule on the uploads as rows of one matrix: ``combine(updates, weights) -> (vector, metrics)``."""
 
+    @abstractmethod
     def combine(self, updates: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        raise NotImplementedError
+        """The aggregated update of the (n × d) uploads with weights α (n,), and metrics."""
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         valid, _ = self._check_and_log_replies(replies, is_train=True)
