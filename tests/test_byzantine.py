@@ -80,7 +80,7 @@ def test_compromised_set_is_fixed_per_seed_and_counted_by_number_or_weight():
     assert all(s <= t for s, t in zip(sets, sets[1:]))
 
 
-# ------------------------------------------------------------------- the layer, on stubs
+# ------------------------------------------------- the layer, driven by hand-made client replies
 
 
 class StubFleet(Grid):
