@@ -275,7 +275,12 @@ class LocalCluster:
             time.sleep(0.2)
         _signal(left, signal.SIGTERM)
         time.sleep(min(1.0, grace))
-        _signal(tagged_processes(self.token), signal.SIGKILL)
+        # KILL until none is left: a killed process takes a moment to exit, and one
+        # started in the meantime (a SuperExec spawning an app) must go too.
+        deadline = time.monotonic() + grace
+        while (left := tagged_processes(self.token)) and time.monotonic() < deadline:
+            _signal(left, signal.SIGKILL)
+            time.sleep(0.2)
         for proc in self.processes.values():
             if proc.popen is not None:
                 proc.popen.wait()
