@@ -35,6 +35,7 @@ _BUILTIN_MODULES = (
     "attacks.ig",
     "attacks.dia",
     "attacks.gifd",
+    "defenses",
 )
 
 

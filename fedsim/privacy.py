@@ -1,0 +1,244 @@
+"""Privacy accounting for fedsim's defenses, in one place, on Google's dp-accounting.
+
+Which bound applies depends on how the run samples its clients:
+
+- ``poisson``: every client joins a round independently with probability q (DP-FedAvg as
+  McMahan et al. 2018 run it; fedsim's ``dp`` defense samples this way when asked).
+  ``PoissonSampledDpEvent`` under add/remove-one neighbours: the tight, usual bound.
+- ``fixed``: a fixed-size cohort of m out of N clients, uniformly without replacement
+  (Flower's and fedsim's samplers). This is not Poisson sampling; the bound that applies
+  is ``SampledWithoutReplacementDpEvent`` under replace-one neighbours, where one client's
+  clipped update can move the sum by 2C, so the Gaussian event's multiplier is z/2
+  (dp-accounting's ``GaussianDpEvent(z)`` assumes sensitivity 1 whatever the relation).
+- ``none``: no amplification by sampling (every round counts in full; add/remove-one).
+
+``rdp`` (Rényi DP, Mironov 2017) is the default accountant; ``pld`` (privacy loss
+distributions) is tighter and slower. Both come from dp-accounting; Opacus is used in
+the tests as a cross-check only.
+
+SGM and DIFF2 have accountants of their own here (``sgm_*``, ``diff2_*``), following
+their papers' routes; ``gdp_epsilon`` turns the canary audit's Gaussian separation into
+an (ε, δ) lower bound.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import dp_accounting as dpa
+from dp_accounting import pld, rdp
+from scipy import optimize, stats
+
+Sampling = Literal["poisson", "fixed", "none"]
+AccountantKind = Literal["rdp", "pld"]
+
+ADD_REMOVE = dpa.NeighboringRelation.ADD_OR_REMOVE_ONE
+REPLACE_ONE = dpa.NeighboringRelation.REPLACE_ONE
+
+SAMPLING_BOUND = {
+    "poisson": "Poisson-sampled Gaussian, add/remove-one neighbours",
+    "fixed": "fixed-size sampling without replacement, replace-one neighbours (sensitivity 2C)",
+    "none": "Gaussian without amplification by sampling, add/remove-one neighbours",
+}
+
+
+def gaussian_round(
+    noise_multiplier: float, sampling: Sampling, population: int, sample_size: int
+) -> tuple[dpa.DpEvent, dpa.NeighboringRelation]:
+    """One round of the sampled Gaussian mechanism with noise std ``noise_multiplier``·C on
+    the sum of updates clipped to C, as the run samples its clients (module docstring)."""
+    if sampling == "poisson":
+        return dpa.PoissonSampledDpEvent(sample_size / population, dpa.GaussianDpEvent(noise_multiplier)), ADD_REMOVE
+    if sampling == "fixed":
+        event = dpa.GaussianDpEvent(noise_multiplier / 2)  # relative to the replace-one sensitivity 2C
+        return dpa.SampledWithoutReplacementDpEvent(population, sample_size, event), REPLACE_ONE
+    return dpa.GaussianDpEvent(noise_multiplier), ADD_REMOVE
+
+
+def _accountant(kind: AccountantKind, relation: dpa.NeighboringRelation):
+    if kind == "pld":
+        return pld.PLDAccountant(neighboring_relation=relation)
+    return rdp.RdpAccountant(neighboring_relation=relation)
+
+
+def epsilon(
+    event: dpa.DpEvent, relation: dpa.NeighboringRelation, delta: float, kind: AccountantKind = "rdp"
+) -> float:
+    """ε at ``delta`` of a (composed) DpEvent."""
+    acc = _accountant(kind, relation)
+    acc.compose(event)
+    return float(acc.get_epsilon(delta))
+
+
+def dp_fedavg_epsilon(
+    noise_multiplier: float,
+    rounds: int,
+    *,
+    sampling: Sampling,
+    population: int,
+    sample_size: int,
+    delta: float,
+    kind: AccountantKind = "rdp",
+) -> float:
+    """ε after ``rounds`` rounds of DP-FedAvg (McMahan et al. 2018, Alg. 1)."""
+    if rounds == 0:
+        return 0.0
+    if noise_multiplier == 0:
+        return math.inf
+    event, relation = gaussian_round(noise_multiplier, sampling, population, sample_size)
+    return epsilon(dpa.SelfComposedDpEvent(event, rounds), relation, delta, kind)
+
+
+def calibrate_noise_multiplier(
+    target_epsilon: float,
+    rounds: int,
+    *,
+    sampling: Sampling,
+    population: int,
+    sample_size: int,
+    delta: float,
+    kind: AccountantKind = "rdp",
+) -> float:
+    """The smallest noise multiplier whose ε after ``rounds`` rounds is at most the target
+    (``dp_accounting.calibrate_dp_mechanism``)."""
+
+    def make_event(z: float) -> dpa.DpEvent:
+        return dpa.SelfComposedDpEvent(gaussian_round(z, sampling, population, sample_size)[0], rounds)
+
+    relation = gaussian_round(1.0, sampling, population, sample_size)[1]
+    return float(
+        dpa.calibrate_dp_mechanism(
+            lambda: _accountant(kind, relation),
+            make_event,
+            target_epsilon,
+            delta,
+            bracket_interval=dpa.LowerEndpointAndGuess(1e-3, 1.0),
+            tol=1e-4,
+        )
+    )
+
+
+# --------------------------------------------------------------------------- SGM
+
+
+def sgm_secret_sketch_epsilon(
+    sigma_g: float, clip: float, sketch_dim: int, sampling_rate: float, rounds: int, delta: float
+) -> float:
+    """The SGM paper's bound for an observer who never sees the sketch R_t
+    (Li, Chen, Banerjee 2025, Lemma 2.2 and Thm 2.2 / 3.1, App. C.2):
+
+    1. per round, the RDP of the marginal N(0, (‖γ‖²/b + σ²)I_b) is at most
+       α²τ⁴/((α−1)bσ_g⁴); with δ₀ = δ/(2qT) the best order is α* = 1 + √(1 + bσ_g⁴ln(1/δ₀)/τ⁴)
+       and ε₀ = α*²τ⁴/((α*−1)bσ_g⁴) + ln(1/δ₀)/(α*−1);
+    2. amplification by subsampling: ε₁ = ln(1 + q(e^ε₀ − 1)), δ₁ = qδ₀;
+    3. strong composition over T rounds with δ' = δ/2:
+       ε = √(2T ln(1/δ'))·ε₁ + Tε₁(e^ε₁ − 1).
+    """
+    if rounds == 0:
+        return 0.0
+    if sigma_g == 0:
+        return math.inf
+    q, t, tau4 = sampling_rate, rounds, clip**4
+    delta0 = delta / (2 * q * t)
+    log_inv = math.log(1 / delta0)
+    ratio = sketch_dim * sigma_g**4 / tau4
+    alpha = 1 + math.sqrt(1 + ratio * log_inv)
+    eps0 = alpha**2 / ((alpha - 1) * ratio) + log_inv / (alpha - 1)
+    eps1 = math.log1p(q * math.expm1(eps0))
+    return math.sqrt(2 * t * math.log(2 / delta)) * eps1 + t * eps1 * math.expm1(eps1)
+
+
+def sketch_norm_factor(sketch_dim: int, clients_per_round: int, rounds: int, delta: float) -> float:
+    """ρ with ‖Rĝ‖ ≤ τρ for all clients and rounds with probability ≥ 1 − δ
+    (SGM Lemma B.1 = Song et al. 2023 Lemma D.24): ρ = √(1 + log^1.5(2mT/δ)/√b)."""
+    return math.sqrt(1 + math.log(2 * clients_per_round * rounds / delta) ** 1.5 / math.sqrt(sketch_dim))
+
+
+def sgm_public_sketch_epsilon(
+    sigma_g: float,
+    clip: float,
+    sketch_dim: int,
+    rounds: int,
+    *,
+    sampling: Sampling,
+    population: int,
+    sample_size: int,
+    delta: float,
+    kind: AccountantKind = "rdp",
+) -> float:
+    """A conservative bound for an observer who knows R_t (anyone who sees the de-sketched
+    model updates): conditioned on R_t the round is a Gaussian mechanism on R_t·Σ Δ̂ with
+    noise std √m·σ_g (m clients each add N(0, σ_g²)) and sensitivity τρ (SGM Thm 2.1,
+    ``sketch_norm_factor``), so z = √m·σ_g/(τρ). Half of δ pays for the norm bound
+    failing, half goes to the accountant."""
+    if rounds == 0:
+        return 0.0
+    rho = sketch_norm_factor(sketch_dim, sample_size, rounds, delta / 2)
+    z = math.sqrt(sample_size) * sigma_g / (clip * rho)
+    return dp_fedavg_epsilon(
+        z, rounds, sampling=sampling, population=population, sample_size=sample_size, delta=delta / 2, kind=kind
+    )
+
+
+# --------------------------------------------------------------------------- DIFF2
+
+
+def diff2_sigmas(
+    target_epsilon: float, delta: float, rounds: int, restart: int, n_min: int, clients: int, u: float = 1.25
+) -> tuple[float, float]:
+    """DIFF2's noise calibration (Murata & Suzuki 2023; privacy.md §3.1): with the fixed
+    Rényi order α = 1 + ⌈2 ln(1/δ)/ε⌉,
+    σ₁ = √((4u if T > 1 else 4)·α·R/(T·n²P²ε)) for anchors and
+    σ₂ = √(4u/(u−1)·α·R/(n²P²ε)) for differences (n = n_min, P clients)."""
+    alpha = 1 + math.ceil(2 * math.log(1 / delta) / target_epsilon)
+    scale = alpha * rounds / (n_min**2 * clients**2 * target_epsilon)
+    sigma1 = math.sqrt((4 * u if restart > 1 else 4) * scale / restart)
+    sigma2 = math.sqrt(4 * u / (u - 1) * scale)
+    return sigma1, sigma2
+
+
+def diff2_rounds(rounds: int, restart: int) -> tuple[int, int]:
+    """(anchor rounds, difference rounds) among the first ``rounds`` rounds: r % T == 0 anchors."""
+    anchors = math.ceil(rounds / restart)
+    return anchors, rounds - anchors
+
+
+def diff2_epsilon(
+    sigma1: float, sigma2: float, rounds: int, restart: int, n_min: int, clients: int, delta: float,
+    kind: AccountantKind = "rdp",
+) -> float:
+    """ε of DIFF2 after ``rounds`` rounds, sample-level, replace-one neighbours: the averaged
+    clipped statistic has sensitivity 2C/(nP) and noise Cσ, so each round is a Gaussian event
+    with multiplier z = σnP/2 (σ₁ for anchors, σ₂ for differences); full batches, so no
+    amplification. Infinite when a used σ is 0."""
+    anchors, diffs = diff2_rounds(rounds, restart)
+    if rounds == 0:
+        return 0.0
+    if sigma1 == 0 or (diffs and sigma2 == 0):
+        return math.inf
+    events = [dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(sigma1 * n_min * clients / 2), anchors)]
+    if diffs:
+        events.append(dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(sigma2 * n_min * clients / 2), diffs))
+    return epsilon(dpa.ComposedDpEvent(events), REPLACE_ONE, delta, kind)
+
+
+# --------------------------------------------------------------------------- audits
+
+
+def gdp_delta(mu: float, eps: float) -> float:
+    """δ(ε) of μ-Gaussian DP (Dong, Roth, Su 2019, Cor. 2.13):
+    Φ(−ε/μ + μ/2) − e^ε Φ(−ε/μ − μ/2)."""
+    return float(stats.norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * stats.norm.cdf(-eps / mu - mu / 2))
+
+
+def gdp_epsilon(mu: float, delta: float) -> float:
+    """The ε at which μ-GDP reaches ``delta`` (0 when μ-GDP is already (0, δ)-DP)."""
+    if mu <= 0 or gdp_delta(mu, 0.0) <= delta:
+        return 0.0
+    hi = 1.0
+    while gdp_delta(mu, hi) > delta:
+        hi *= 2
+        if hi > 1e4:
+            return math.inf
+    return float(optimize.brentq(lambda e: gdp_delta(mu, e) - delta, 0.0, hi, xtol=1e-6))
