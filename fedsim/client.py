@@ -86,6 +86,10 @@ class ClientEnv:
     state: RecordDict
     targets: dict[str, torch.Tensor]
     num_classes: int
+    # canary audit (fedsim.audit): C·u_j over the trainable parameters when this client is
+    # a canary this round; handlers registered with ``canary_aware=True`` use it as their
+    # update, the others are bypassed (``canary_reply``)
+    canary: torch.Tensor | None = None
 
     def load(self, arrays: ArrayRecord) -> nn.Module:
         """Reset the model in place from ``arrays`` (same keys as its state dict) and return it."""
@@ -174,7 +178,16 @@ def train(msg: Message, context: Context) -> Message:
     if POISON_KEY in msg.content:  # compromised by a data-poisoning Byzantine attack
         attack = env.scenario.byzantine
         env = replace(env, y=registry.get("byzantine", attack.name).factory(attack.params, env.y, env.num_classes))
-    handler: Handler = registry.get("strategy", env.scenario.strategy.name).extras.get("client", fedavg_train)
+    entry = registry.get("strategy", env.scenario.strategy.name)
+    handler: Handler = entry.extras.get("client", fedavg_train)
+    if env.scenario.audit is not None:
+        from fedsim.audit import client_canary
+
+        trainable = sum(p.numel() for p in env.model.parameters() if p.requires_grad)
+        env = replace(env, canary=client_canary(msg.content, env.scenario.seed, trainable))
+        if env.canary is not None and not entry.extras.get("canary_aware"):
+            handler = canary_reply
+    mod = _defense_mod(env.scenario)
     config = msg.content["config"] if "config" in msg.content else {}
     server_round = int(config.get("server-round", 0))
     if config.get(CRASH):
@@ -183,7 +196,27 @@ def train(msg: Message, context: Context) -> Message:
         time.sleep(float(config[DELAY]))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(env.scenario.seed, server_round, env.partition_id, "torch"))
-        return Message(handler(msg.content, env), reply_to=msg)
+        reply = handler(msg.content, env)
+        if mod is not None:  # the defense transforms what leaves the client (clip, noise)
+            reply = mod(msg.content, reply, env)
+        return Message(reply, reply_to=msg)
+
+
+def canary_reply(content: RecordDict, env: ClientEnv) -> RecordDict:
+    """A canary client's upload: the received model plus C·u_j, no training (fedsim.audit)."""
+    from fedsim.audit import apply_canary
+
+    model = env.load(content["arrays"])
+    loss, _ = evaluate(model, env.x, env.y, env.scenario.evaluation.batch_size)
+    apply_canary(model, env.canary)
+    return env.reply(loss)
+
+
+def _defense_mod(scenario: Scenario) -> Callable | None:
+    """The scenario's defense's client mod ``mod(instruction, reply, env) -> reply``, if any."""
+    if scenario.defense is None:
+        return None
+    return registry.get("defense", scenario.defense.name).extras.get("client_mod")
 
 
 @app.query("checkpoint")

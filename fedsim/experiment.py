@@ -8,6 +8,7 @@ same for federated evaluation), evaluating the global model on the held-out test
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -92,6 +93,7 @@ class FederatedLoop:
         self.fleet = fleet  # the world's innermost layer (the clients themselves)
         self.recorder = recorder
         self.model = setup.model
+        self.initial = copy.deepcopy(setup.model) if setup.scenario.audit is not None else None  # θ_0
         self.x_test = torch.from_numpy(setup.dataset.x_test)
         self.y_test = torch.from_numpy(setup.dataset.y_test)
 
@@ -107,6 +109,10 @@ class FederatedLoop:
         strategy_artifacts = getattr(self.strategy, "artifacts", dict)
         for name, record in {**self.grid.artifacts(), **strategy_artifacts()}.items():
             self.recorder.write_json(name, record)
+        if self.initial is not None:
+            from fedsim.audit import final_audit
+
+            self.recorder.write_json("audit", final_audit(self.scenario, self.initial, self.model))
         return arrays
 
     def checkpoint(self, rnd: int, arrays: ArrayRecord) -> None:
@@ -186,14 +192,18 @@ def _metric(record, key: str) -> float | None:
 def build_world(setup: ServerSetup, fleet: Fleet, run_dir: Path) -> GridWrapper:
     """Stack the scenario's world layers on the fleet; the strategy talks to the top one.
 
-    Order, strategy side first: participation → faults → byzantine → eavesdropper → virtual
-    clock (with a ``network:`` section) → fleet.
+    Order, strategy side first: participation → faults → byzantine → eavesdropper → canary
+    audit → virtual clock (with a ``network:`` section) → fleet.
     """
     from attacks import eavesdropper
 
     grid: GridWrapper = fleet
     if setup.scenario.network is not None:
         grid = VirtualClock(grid, setup)  # innermost: it times what actually crossed the wire
+    if setup.scenario.audit is not None:
+        from fedsim.audit import CanaryLayer
+
+        grid = CanaryLayer(grid, setup.scenario)
     grid = eavesdropper.build(setup, grid, run_dir)
     if setup.scenario.byzantine is not None:
         from attacks.byzantine import ByzantineClients
@@ -219,6 +229,9 @@ def make_server_app(setup: ServerSetup, recorder: Recorder, resume: dict | None 
     continue from."""
     entry = registry.get("strategy", setup.scenario.strategy.name)
     strategy = entry.factory(setup.scenario.strategy.params, setup)
+    if setup.scenario.defense is not None:  # a server-side wrapper around the strategy
+        defense = setup.scenario.defense
+        strategy = registry.get("defense", defense.name).factory(defense.params, strategy, setup)
     scenario_json = json.dumps(setup.scenario.to_dict(), sort_keys=True)
     rt = setup.scenario.runtime
     connect_s = rt.connect_timeout if isinstance(rt, DeploymentRuntime) else 300.0

@@ -23,12 +23,17 @@ an (ε, δ) lower bound.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Literal
 
 import dp_accounting as dpa
 from dp_accounting import pld, rdp
 from scipy import optimize, stats
+
+# dp-accounting logs a warning for every fractional Rényi order whose series does not
+# converge (it then leaves that order out, which keeps the bound valid)
+logging.getLogger("absl").setLevel(logging.ERROR)
 
 Sampling = Literal["poisson", "fixed", "none"]
 AccountantKind = Literal["rdp", "pld"]
@@ -229,7 +234,8 @@ def diff2_epsilon(
 def gdp_delta(mu: float, eps: float) -> float:
     """δ(ε) of μ-Gaussian DP (Dong, Roth, Su 2019, Cor. 2.13):
     Φ(−ε/μ + μ/2) − e^ε Φ(−ε/μ − μ/2)."""
-    return float(stats.norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * stats.norm.cdf(-eps / mu - mu / 2))
+    second = math.exp(eps + stats.norm.logcdf(-eps / mu - mu / 2))  # e^ε Φ(·) without overflow
+    return float(stats.norm.cdf(-eps / mu + mu / 2) - second)
 
 
 def gdp_epsilon(mu: float, delta: float) -> float:

@@ -97,7 +97,10 @@ class Recorder:
             plot_metrics(df, self.dir / "metrics.png", self.scenario.name)
         if self.scenario.output.save_model and model is not None:
             torch.save(model.state_dict(), self.dir / "model.pt")
-        (self.dir / "summary.json").write_text(json.dumps(summarize(df), indent=1))
+        summary = summarize(df)
+        if (self.dir / "audit.json").exists():  # fedsim.audit's estimate, next to the formal ε
+            summary["audit"] = json.loads((self.dir / "audit.json").read_text())
+        (self.dir / "summary.json").write_text(json.dumps(summary, indent=1))
         if self.scenario.output.progress:
             self.console.print(summary_table(df, self.scenario.name))
             self.console.print(f"run directory: {self.dir}")
@@ -185,6 +188,8 @@ def summarize(df: pd.DataFrame) -> dict:
         "bytes_down": int(df["bytes_down"].sum()) if "bytes_down" in df else 0,
         "bytes_up": int(df["bytes_up"].sum()) if "bytes_up" in df else 0,
         "seconds": float(df["seconds"].sum()) if "seconds" in df else 0.0,
+        # privacy spent (fedsim.privacy): the last value of every epsilon column
+        **{k: float(df[k].dropna().iloc[-1]) for k in df.columns if k.startswith("epsilon") and df[k].notna().any()},
     }
 
 
@@ -199,5 +204,7 @@ def summary_table(df: pd.DataFrame, name: str) -> Table:
         table.add_row("best test accuracy", f"{acc.max():.4f}")
         table.add_row("final test loss", f"{df['test_loss'].dropna().iloc[-1]:.4f}")
     table.add_row("bytes down / up", f"{df['bytes_down'].sum():,} / {df['bytes_up'].sum():,}")
+    for key in [k for k in df.columns if k.startswith("epsilon") and df[k].notna().any()]:
+        table.add_row(key.replace("_", " "), f"{df[key].dropna().iloc[-1]:.4g}")
     table.add_row("wall time (s)", f"{df['seconds'].sum():.2f}")
     return table

@@ -148,6 +148,17 @@ class Faults(_Strict):
     deadline: float | None = Field(None, gt=0, description="seconds the server waits for a straggler")
 
 
+class Audit(_Strict):
+    """One-shot canary-client audit (fedsim.audit; Andrew et al., ICLR 2024): ``canaries``
+    clients upload C·u_j instead of training; the final model's cosine with each inserted
+    u_j, against ``held_out`` directions never inserted, gives an empirical ε lower bound."""
+
+    canaries: int = Field(10, ge=1, description="clients whose upload is a canary direction")
+    held_out: int = Field(200, ge=2, description="canary directions never inserted (the null distribution)")
+    norm: float | None = Field(None, gt=0, description="canary norm C (default: the dp defense's clip, else 1)")
+    delta: float = Field(1e-5, gt=0, lt=1)
+
+
 class Output(_Strict):
     dir: str = "runs"
     save_model: bool = True
@@ -173,6 +184,8 @@ class Scenario(_Strict):
     byzantine: Component | None = Field(None, description="compromised clients and their attack")
     client: ClientTraining = ClientTraining()
     eavesdropper: Component | None = None  # gradient inversion by the server (kind "inversion")
+    defense: Component | None = None  # a privacy defense wrapping the strategy (kind "defense")
+    audit: Audit | None = None  # canary-client privacy audit (fedsim.audit)
     evaluation: Evaluation = Evaluation()
     runtime: Runtime = InProcessRuntime()
     output: Output = Output()
@@ -200,6 +213,7 @@ COMPONENTS = {
     "byzantine": "byzantine",
     "topology": "topology",
     "eavesdropper": "inversion",
+    "defense": "defense",
 }
 
 
@@ -340,6 +354,7 @@ def validate(data: dict, source: str = "<scenario>", lines: dict | None = None) 
         except ValidationError as exc:
             errors += [{**e, "loc": (field, *e["loc"])} for e in exc.errors()]
     errors += _decentralized_only(scenario, data)
+    errors += _defense_fits(scenario, data)
     if errors:
         raise _fail(errors, source, lines, data)
     return scenario
@@ -375,6 +390,25 @@ def _decentralized_only(scenario: Scenario, data: dict) -> list[dict]:
         if bad:
             msg = f"no such nodes among num_clients={scenario.num_clients}"
             errors.append({"loc": ("churn", i, "nodes"), "type": "value_error", "msg": msg, "input": bad})
+    return errors
+
+
+def _defense_fits(scenario: Scenario, data: dict) -> list[dict]:
+    """A defense that wraps a strategy names the strategies it can wrap (``strategies`` extra);
+    an audit needs more clients than canaries."""
+    errors = []
+    if scenario.audit is not None and scenario.audit.canaries >= scenario.num_clients:
+        msg = f"needs fewer canary clients than num_clients={scenario.num_clients}"
+        errors.append({"loc": ("audit", "canaries"), "type": "value_error", "msg": msg, "input": scenario.audit.canaries})
+    if scenario.defense is None:
+        return errors
+    try:
+        fits = registry.get("defense", scenario.defense.name).extras.get("strategies")
+    except KeyError:
+        return errors  # reported above
+    if fits is not None and scenario.strategy.name not in fits:
+        msg = f"defense '{scenario.defense.name}' wraps the strategies {', '.join(fits)}, not '{scenario.strategy.name}'"
+        errors.append({"loc": ("defense", "name"), "type": "value_error", "msg": msg, "input": scenario.defense.name})
     return errors
 
 

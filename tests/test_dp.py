@@ -1,0 +1,162 @@
+"""DP-FedAvg (defenses/dp.py) and the canary audit (fedsim/audit.py) on real runs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from scipy import stats
+
+import fedsim
+from defenses.dp import CLIENT_STD, CLIP, dp_mod
+from fedsim import privacy
+from fedsim.records import flatten, to_record
+from fedsim.experiment import prepare
+from fedsim.scenario import ScenarioError, load
+
+
+def _dp(tiny, **defense):
+    tiny = {**tiny, "num_clients": 10, "partition": {"name": "iid"}, "strategy": {"name": "fedavg", "fraction_train": 0.5}}
+    return {**tiny, "defense": {"name": "dp", "clipping_norm": 0.5, **defense}}
+
+
+def _vector(model):
+    return torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+
+
+class _Env:
+    def generator(self, server_round, purpose):
+        return torch.Generator().manual_seed(7)
+
+
+def _instruction(state, clip, std=0.0):
+    config = ConfigRecord({CLIP: clip, CLIENT_STD: std, "server-round": 1})
+    return RecordDict({"arrays": to_record(state), "config": config})
+
+
+def test_client_mod_clips_the_update_in_l2_and_leaves_small_ones_alone():
+    sent = {"w": torch.zeros(50), "b": torch.zeros(3)}
+    for scale, clipped in ((10.0, True), (0.01, False)):
+        trained = {"w": torch.full((50,), scale), "b": torch.full((3,), -scale)}
+        reply = RecordDict({"arrays": to_record(trained), "metrics": MetricRecord({"train_loss": 0.0})})
+        out = dp_mod(_instruction(sent, 1.0), reply, _Env())
+        update = flatten(out["arrays"])
+        norm = scale * np.sqrt(53)
+        assert float(update.norm()) == pytest.approx(min(norm, 1.0), rel=1e-6)
+        assert float(update.norm()) <= 1.0 * (1 + 1e-6)
+        assert out["metrics"]["dp_unclipped"] == float(not clipped)
+        if clipped:  # L2 clipping scales; it keeps the direction
+            assert torch.allclose(update / update.norm(), flatten(to_record(trained)) / norm, atol=1e-6)
+
+
+def _chi2_interval(n, std, level=1e-4):
+    lo, hi = stats.chi2.ppf([level / 2, 1 - level / 2], n)
+    return std * np.sqrt(lo / n), std * np.sqrt(hi / n)
+
+
+def test_server_noise_on_zero_updates_has_the_configured_std(tiny):
+    """lr → 0: every update is (numerically) zero, so θ_1 − θ_0 is the added noise alone."""
+    sc = _dp(tiny, noise_multiplier=2.0, sampling="fixed")
+    sc["client"] = {**sc["client"], "lr": 1e-12}
+    sc["rounds"] = 1
+    before = prepare(load(sc)).model
+    result = fedsim.run(sc)
+    noise = _vector(result.model) - _vector(before)
+    std = 2.0 * 0.5 / 5  # z·C / m on the mean of m = 5 clipped updates
+    assert result.metrics["noise_std"].iloc[0] == pytest.approx(std)
+    lo, hi = _chi2_interval(noise.numel(), std)
+    assert lo < float(noise.pow(2).mean().sqrt()) < hi
+    assert abs(float(noise.mean())) < 5 * std / np.sqrt(noise.numel())
+
+
+def test_client_noise_shares_sum_to_the_same_std(tiny):
+    sc = _dp(tiny, noise_multiplier=2.0, sampling="fixed", noise="client")
+    sc["client"] = {**sc["client"], "lr": 1e-12}
+    sc["rounds"] = 1
+    before = prepare(load(sc)).model
+    result = fedsim.run(sc)
+    noise = _vector(result.model) - _vector(before)
+    lo, hi = _chi2_interval(noise.numel(), 2.0 * 0.5 / 5)
+    assert lo < float(noise.pow(2).mean().sqrt()) < hi
+
+
+def test_poisson_cohorts_vary_average_qn_and_epsilon_is_accounted_each_round(tiny):
+    sc = _dp(tiny, noise_multiplier=1.0)
+    sc["rounds"] = 8
+    df = fedsim.run(sc).metrics
+    sizes = df["clients_sampled"].tolist()
+    assert len(set(sizes)) > 1 and 2 <= np.mean(sizes) <= 8  # q·N = 5 on average
+    expected = [privacy.dp_fedavg_epsilon(1.0, r, sampling="poisson", population=10, sample_size=5, delta=1e-5)
+                for r in range(1, 9)]
+    assert df["epsilon"].tolist() == pytest.approx(expected, rel=1e-9)
+    assert fedsim.run(sc).metrics["clients_sampled"].tolist() == sizes  # cohorts are seeded
+
+
+def test_target_epsilon_is_met_at_the_last_round(tiny):
+    sc = _dp(tiny, target_epsilon=5.0)
+    sc["rounds"] = 4
+    result = fedsim.run(sc)
+    assert result.metrics["epsilon"].iloc[-1] == pytest.approx(5.0, rel=1e-2)
+    assert result.metrics["epsilon"].iloc[-1] <= 5.0
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["epsilon"] == result.metrics["epsilon"].iloc[-1]
+
+
+def test_adaptive_clipping_grows_the_norm_when_every_update_is_clipped(tiny):
+    sc = _dp(tiny, noise_multiplier=0.5, adaptive=True, clipping_norm=1e-4, clip_lr=0.2, clipped_count_stddev=2.0)
+    sc["rounds"] = 4
+    clips = fedsim.run(sc).metrics["clip_norm"].tolist()
+    assert clips[0] == 1e-4
+    # b̄ ≈ 0 (all clipped): C grows by about exp(0.2·0.5) per round
+    ratios = np.array(clips[1:]) / np.array(clips[:-1])
+    assert np.all(ratios > 1.0) and np.exp(0.1) * 0.7 < np.exp(np.log(ratios).mean()) < np.exp(0.1) * 1.3
+
+
+def test_invalid_defense_settings_are_named(tiny):
+    with pytest.raises(ScenarioError, match="defense.name"):
+        load({**_dp(tiny, noise_multiplier=1.0), "strategy": {"name": "scaffold"}})
+    with pytest.raises(ScenarioError, match="exactly one of noise_multiplier and target_epsilon"):
+        load(_dp(tiny, noise_multiplier=1.0, target_epsilon=3.0))
+    with pytest.raises(ScenarioError, match="needs sampling: fixed"):
+        load(_dp(tiny, noise_multiplier=1.0, noise="client"))
+
+
+# ----------------------------------------------------------------------- canary audit
+
+
+def _audited(tiny, rounds=12, **defense):
+    sc = {**tiny, "num_clients": 20, "rounds": rounds, "partition": {"name": "iid"},
+          "strategy": {"name": "fedavg", "fraction_train": 0.5}, "audit": {"canaries": 8, "held_out": 200}}
+    if defense:
+        sc["defense"] = {"name": "dp", "clipping_norm": 0.5, **defense}
+    return sc
+
+
+def test_canary_clients_upload_exactly_their_direction(tiny):
+    """A canary's upload is received + C·u_j: with a single canary client sampled every round
+    and no other change, the model moves by C·u_j per round."""
+    from fedsim.audit import canary_clients, direction
+
+    sc = _audited(tiny, rounds=2)
+    sc["num_clients"], sc["audit"] = 2, {"canaries": 1, "held_out": 2, "norm": 0.3}
+    sc["strategy"] = {"name": "fedavg", "fraction_train": 1.0}
+    sc["client"] = {**sc["client"], "lr": 1e-12}
+    sc["partition"] = {"name": "iid"}
+    before = prepare(load(sc)).model
+    result = fedsim.run(sc)
+    moved = _vector(result.model) - _vector(before)
+    (canary,) = canary_clients(3, 2, 1)
+    sizes = [len(p) for p in prepare(load(sc)).partitions]
+    weight = sizes[canary] / sum(sizes)  # FedAvg's example weight of the canary client
+    expected = 2 * weight * 0.3 * direction(3, 0, moved.numel())
+    assert torch.allclose(moved, expected, atol=1e-5)
+
+
+def test_audit_is_large_without_a_defense_and_below_the_formal_epsilon_with_dp(tiny):
+    plain = fedsim.run(_audited(tiny))
+    audit = json.loads((plain.run_dir / "audit.json").read_text())
+    assert audit["epsilon_audit"] > 10  # canaries stand far out of the held-out cosines
+    private = fedsim.run(_audited(tiny, target_epsilon=4.0))
+    summary = json.loads((private.run_dir / "summary.json").read_text())
+    assert summary["audit"]["epsilon_audit"] < summary["epsilon"] <= 4.0
