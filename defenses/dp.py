@@ -159,6 +159,7 @@ class DPFedAvg(Checkpointable):
             "epsilon": self.epsilon(server_round),
             "noise_std": self.z_update * self.clip / self.expected,  # on the mean, wherever it is added
             "clip_norm": self.clip,
+            "noise_multiplier": self.z,
             "dp_cohort": len(ok),
         }
         if ok:
