@@ -12,14 +12,6 @@ from fedsim.models import build_model
 from fedsim.scenario import ScenarioError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SMALL_CNN = {"target": "cnn", "channels": [4, 8], "features": 16, "embed_dim": 8, "hyper_hidden": 16}
 
 
@@ -42,8 +34,7 @@ def _flat(tensors):
 
 def test_phi_is_the_hypernetwork_only_and_generates_every_extractor_tensor():
     net = _net()
-    extractor = hyperfl.feature_extractor(hyperfl.TargetParams(**{k: v for k, v in SMALL_CNN.items()
-                                                                  if k in hyperfl.TargetParams.model_fields}), (1, 8, 8))
+    extractor = net.extractor  # the template (outside φ)
     names = {n for n, _ in extractor.named_parameters()}
     assert set(net.generate(torch.zeros(8))) == names  # no key-name mismatch (§4.5's ResNet bug)
     assert {k.split(".")[0] for k in net.state_dict()} == {"body", "heads"}
@@ -223,5 +214,5 @@ def test_personalised_accuracy_beats_chance_clearly(scenario):
     scenario.update(rounds=8, partition={"name": "iid"},
                     strategy={"name": "hyperfl", "hyper_epochs": 2, "batch_size": 16, "fraction_train": 1.0})
     m = fedsim.run(scenario).metrics
-    assert m["fed_acc"].iloc[-1] > 0.6  # chance: 0.1 (IID labels)
+    assert m["fed_acc"].iloc[-1] > 0.8  # chance: 0.1 (IID labels); 0.91 at seed 3
     assert m["fed_acc"].iloc[-1] > m["fed_acc"].iloc[0]
