@@ -1,7 +1,6 @@
 """HyperFL: the hypernetwork generates the extractor, the two local phases touch what they
 should, only φ leaves a client, v_i and ϕ_i persist privately, personalised accuracy."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
