@@ -236,8 +236,12 @@ def restore(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_local(msg: Message, context: Context) -> Message:
-    """Federated evaluation: the global model on this client's own examples."""
+    """Federated evaluation: the global model on this client's own examples, or the
+    strategy's own evaluation handler (``evaluate=`` extra; personalised models)."""
     env = _env(context)
+    handler: Handler | None = registry.get("strategy", env.scenario.strategy.name).extras.get("evaluate")
+    if handler is not None:
+        return Message(handler(msg.content, env), reply_to=msg)
     loss, acc = evaluate(env.load(msg.content["arrays"]), env.x, env.y, env.scenario.evaluation.batch_size)
     metrics = MetricRecord({"eval_loss": loss, "eval_acc": acc, "num-examples": len(env.x)})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)

@@ -170,7 +170,9 @@ class FederatedLoop:
             eval_msgs = list(self.strategy.configure_evaluate(rnd, arrays, ConfigRecord(), self.grid))
             fed = self.strategy.aggregate_evaluate(rnd, self.grid.send_and_receive(eval_msgs))
             row["fed_loss"], row["fed_acc"] = _metric(fed, "eval_loss"), _metric(fed, "eval_acc")
-        if rnd % sc.evaluation.eval_every == 0 or rnd == sc.rounds:
+        # personalised strategies (HyperFL) have no global predictor: fed_acc is their metric
+        personalized = getattr(self.strategy, "personalized", False)
+        if (rnd % sc.evaluation.eval_every == 0 or rnd == sc.rounds) and not personalized:
             self.model.load_state_dict(arrays.to_torch_state_dict())
             row["test_loss"], row["test_acc"] = evaluate(
                 self.model, self.x_test, self.y_test, sc.evaluation.batch_size
