@@ -47,26 +47,47 @@ from fedsim.scenario import read_yaml  # noqa: E402
 
 BASE = ROOT / "scenarios" / "privacy_matrix.yaml"
 CLIP = 1.0
+AUDIT = {"canaries": 5, "held_out": 200}
 
 
 def dp(epsilon: float, **extra) -> dict:
     return {"name": "dp", "clipping_norm": CLIP, "target_epsilon": epsilon, **extra}
 
 
-# (method, setting, overrides of the base scenario)
+HYPERFL = ROOT / "scenarios" / "hyperfl.yaml"
+FEDAVG_ON_HYPERFL_SPLIT = {  # the same target net and split, FedAvg with HyperFL's local settings
+    "model": {"name": "hyperfl_target", "target": "cnn"},
+    "strategy": {"name": "fedavg", "fraction_train": 1.0},
+    "client": {"epochs": 5, "batch_size": 50, "lr": 0.02, "momentum": 0.5, "weight_decay": 5e-4},
+    "evaluation": {"federated": False},
+}
+
+
+def row(method: str, setting: str, overrides: dict | None = None, *, base: Path = BASE,
+        metric: str = "test_acc", baseline: str = "FedAvg/no defense") -> dict:
+    """A matrix row: a scenario (base + overrides), the metric it reports and its baseline row."""
+    return {"method": method, "setting": setting, "overrides": overrides or {}, "base": base,
+            "metric": metric, "baseline": baseline}
+
+
 ROWS = [
-    ("FedAvg", "no defense", {}),
-    ("DP-FedAvg", "ε=1", {"defense": dp(1.0)}),
-    ("DP-FedAvg", "ε=4", {"defense": dp(4.0)}),
-    ("DP-FedAvg", "ε=8", {"defense": dp(8.0)}),
-    ("DP-FedAvg", "ε=4, client noise", {"defense": dp(4.0, sampling="fixed", noise="client")}),
+    row("FedAvg", "no defense"),
+    row("DP-FedAvg", "ε=1", {"defense": dp(1.0)}),
+    row("DP-FedAvg", "ε=4", {"defense": dp(4.0)}),
+    row("DP-FedAvg", "ε=8", {"defense": dp(8.0)}),
+    row("DP-FedAvg", "ε=4, client noise", {"defense": dp(4.0, sampling="fixed", noise="client")}),
+    row("FedAvg", "HyperFL split", {**FEDAVG_ON_HYPERFL_SPLIT, "audit": AUDIT}, base=HYPERFL),
+    row("HyperFL", "personalised", {"audit": AUDIT}, base=HYPERFL, metric="fed_acc", baseline="FedAvg/HyperFL split"),
 ]
 
 
 def merge(base: dict, overrides: dict) -> dict:
+    """Nested update; a component given with another ``name`` replaces the base's whole."""
     out = dict(base)
     for key, value in overrides.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        old = out.get(key)
+        nested = isinstance(value, dict) and isinstance(old, dict) and value.get("name", old.get("name")) == old.get("name")
+        out[key] = merge(old, value) if nested else value
     return out
 
 
@@ -96,47 +117,52 @@ def attack_scenario(sc: dict, metrics, attack: str, iterations: int) -> dict | N
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=30, help="rounds of the privacy_matrix.yaml rows")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--iterations", type=int, default=200, help="IG/DIA iterations per attacked upload")
     ap.add_argument("--only", default="", help="comma-separated method names (default: all)")
     args = ap.parse_args()
     console = Console(width=200)
-    base, _ = read_yaml(BASE)
-    base = merge(base, {"rounds": args.rounds, "seed": args.seed})
     only = {m.strip() for m in args.only.split(",") if m.strip()}
     rows, start = [], time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        for method, setting, overrides in ROWS:
-            if only and method not in only:
+        for spec in ROWS:
+            if only and spec["method"] not in only:
                 continue
-            sc = merge(base, overrides)
+            base, _ = read_yaml(spec["base"])
+            sc = merge(base, {**spec["overrides"], "seed": args.seed})
+            if spec["base"] == BASE:
+                sc["rounds"] = args.rounds
             result, summary = run(sc, out)
-            row = {
-                "method": method, "setting": setting, "metric": "test acc", "value": summary["final_test_acc"],
-                "epsilon": summary.get("epsilon"), "epsilon_public": summary.get("epsilon_public_sketch"),
+            values = result.metrics[spec["metric"]].dropna()
+            r = {
+                "key": f"{spec['method']}/{spec['setting']}", "method": spec["method"], "setting": spec["setting"],
+                "metric": spec["metric"], "value": float(values.iloc[-1]) if len(values) else None,
+                "baseline_key": spec["baseline"], "epsilon": summary.get("epsilon"),
+                "epsilon_public": summary.get("epsilon_public_sketch"),
                 "audit": summary.get("audit", {}).get("epsilon_audit"),
+                "MB_up": summary["bytes_up"] / 1e6 / max(summary["rounds"], 1),
             }
             for attack in ("ig", "dia"):
                 attack_sc = attack_scenario(sc, result.metrics, attack, args.iterations)
                 if attack_sc is None:
                     continue
                 res, _ = run(attack_sc, out)
-                row[f"{attack}_psnr"] = float(res.metrics["attack_psnr"].iloc[0])
-                row[f"{attack}_ssim"] = float(res.metrics["attack_ssim"].iloc[0])
-            rows.append(row)
-            console.print(f"{method:10s} {setting:22s} {row}", highlight=False)
-    baseline = next((r["value"] for r in rows if r["method"] == "FedAvg"), None)
-    table = Table(title=f"privacy matrix (seed {args.seed}, {args.rounds} rounds, {time.perf_counter() - start:.0f} s)")
+                r[f"{attack}_psnr"] = float(res.metrics["attack_psnr"].iloc[0])
+                r[f"{attack}_ssim"] = float(res.metrics["attack_ssim"].iloc[0])
+            rows.append(r)
+            console.print(f"{r['key']:32s} {spec['metric']} {r['value']}", highlight=False)
+    values = {r["key"]: r["value"] for r in rows}
+    table = Table(title=f"privacy matrix (seed {args.seed}, {time.perf_counter() - start:.0f} s)")
     for col in ("method", "setting", "metric", "value", "baseline", "ratio", "ε", "ε public", "ε audit",
-                "IG PSNR/SSIM", "DIA PSNR/SSIM"):
+                "MB up/round", "IG PSNR/SSIM", "DIA PSNR/SSIM"):
         table.add_column(col)
     for r in rows:
-        base_value = r.get("baseline", baseline)
+        base_value = values.get(r["baseline_key"])
+        ratio = r["value"] / base_value if r["value"] is not None and base_value else None
         table.add_row(
-            r["method"], r["setting"], r["metric"], _f(r["value"]), _f(base_value),
-            _f(r["value"] / base_value if r["value"] is not None and base_value else None),
-            _f(r["epsilon"], "∞"), _f(r["epsilon_public"], "–"), _f(r["audit"], "–"),
+            r["method"], r["setting"], r["metric"], _f(r["value"]), _f(base_value), _f(ratio),
+            _f(r["epsilon"], "∞"), _f(r["epsilon_public"], "–"), _f(r["audit"], "–"), f"{r['MB_up']:.3g}",
             _attack(r, "ig"), _attack(r, "dia"),
         )
     console.print(table)
