@@ -1,5 +1,8 @@
 """DIFF2 and DP-GD (defenses/diff2.py): per-sample clipping, the recursive estimator
-against a hand-written loop, T = 1 = DP-GD, the noise scale, the accountant, utility."""
+against a hand-written loop, T = 1 = DP-GD, the noise scale, the accountant.
+
+No utility test: on the bundled data (diabetes, n·P = 353) DIFF2 did not beat DP-GD at
+equal ε in the sweeps reported in the README's DIFF2 section."""
 
 import copy
 import math
@@ -15,15 +18,10 @@ from fedsim.experiment import prepare
 from fedsim.models import build_model
 from fedsim.privacy import diff2_calibrated_sigmas, diff2_epsilon, diff2_sigmas
 from fedsim.scenario import validate
-from fedsim.training import evaluate, task_loss, torch_generator
+from fedsim.training import task_loss, torch_generator
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _fc10(seed=0, d_in=10, out=1):
@@ -240,31 +238,3 @@ def test_calibrated_sigmas_spend_the_whole_budget(restart):
     assert s1 / p1 == pytest.approx(s2 / p2) and s1 < p1  # one common factor, below the paper's
     got = diff2_epsilon(s1, s2, 300, restart, 35, 10, 1e-5)
     assert 3.0 - 5e-3 <= got <= 3.0
-
-
-# ------------------------------------------------------------------------ utility
-
-
-def test_diff2_reaches_a_lower_train_loss_than_dp_gd_at_equal_epsilon():
-    """Diabetes, 10 clients, FC_10, ε = 3 (paper noise), 200 rounds, two seeds each."""
-    sc = validate({"name": "u", "seed": 0, "rounds": 1, "num_clients": 10, "dataset": {"name": "diabetes"},
-                   "partition": {"name": "iid"}, "model": {"name": "fc10"}, "strategy": {"name": "dpgd"}})
-    setup = prepare(sc)
-    parts = [(torch.from_numpy(setup.dataset.x_train[p]), torch.from_numpy(setup.dataset.y_train[p])) for p in setup.partitions]
-    sizes = setup.partition_sizes
-    x_all = torch.cat([p[0] for p in parts])
-    y_all = torch.cat([p[1] for p in parts])
-
-    def final_loss(params, seed):
-        x, _ = diff2.simulate(setup.model, parts, diff2.make_rule(params, 200, sizes, seed), 200)
-        m = copy.deepcopy(setup.model)
-        torch.nn.utils.vector_to_parameters(x, m.parameters())
-        return evaluate(m, x_all, y_all)[0]
-
-    dpgd = [final_loss(diff2.DPGDParams(**DPGD_DIABETES), s) for s in (0, 1)]
-    ours = [final_loss(diff2.Diff2Params(**DIFF2_DIABETES), s) for s in (0, 1)]
-    assert max(ours) < min(dpgd), (ours, dpgd)
-
-
-DPGD_DIABETES = {"epsilon": 3.0, "clip": 1.0, "lr": 0.25}
-DIFF2_DIABETES = {"epsilon": 3.0, "clip": 1.0, "lr": 0.25, "restart": 10, "diff_clip": 1.0}
