@@ -1,5 +1,5 @@
-"""Datasets: the embedded scikit-learn digits, LEAF synthetic, MNIST, CIFAR-10 and any
-Hugging Face / parquet / CSV dataset loaded through flwr-datasets.
+"""Datasets: the embedded scikit-learn digits and diabetes (regression), LEAF synthetic,
+MNIST, CIFAR-10 and any Hugging Face / parquet / CSV dataset loaded through flwr-datasets.
 
 Every dataset is registered as a ``dataset`` component whose factory takes
 ``(params, seed)`` and returns a :class:`Dataset` of numpy arrays. Runs load datasets
@@ -35,10 +35,10 @@ class Dataset:
     """A train/test split held in memory."""
 
     x_train: np.ndarray  # float32, shape (n, *input_shape)
-    y_train: np.ndarray  # int64, shape (n,)
+    y_train: np.ndarray  # int64 labels, shape (n,); float32 targets for regression
     x_test: np.ndarray
     y_test: np.ndarray
-    num_classes: int
+    num_classes: int  # the model's output width: the number of classes, 1 for regression
     input_shape: tuple[int, ...]  # (D,) for vectors, (C, H, W) for images
     groups: np.ndarray | None = None  # natural client id of each train sample, else None
 
@@ -55,14 +55,16 @@ def _load_cached(name: str, params_json: str, seed: int) -> Dataset:
     return entry.factory(entry.params.model_validate_json(params_json), seed)
 
 
-def _finish(x_train, y_train, x_test, y_test, num_classes, groups=None) -> Dataset:
-    """Build a :class:`Dataset` with the canonical dtypes (float32 inputs, int64 labels)."""
+def _finish(x_train, y_train, x_test, y_test, num_classes, groups=None, regression=False) -> Dataset:
+    """Build a :class:`Dataset` with the canonical dtypes (float32 inputs, int64 labels;
+    float32 targets and one output for ``regression``)."""
     x_train = np.ascontiguousarray(x_train, dtype=np.float32)
+    y_dtype = np.float32 if regression else np.int64
     return Dataset(
         x_train=x_train,
-        y_train=np.asarray(y_train, dtype=np.int64),
+        y_train=np.asarray(y_train, dtype=y_dtype),
         x_test=np.ascontiguousarray(x_test, dtype=np.float32),
-        y_test=np.asarray(y_test, dtype=np.int64),
+        y_test=np.asarray(y_test, dtype=y_dtype),
         num_classes=int(num_classes),
         input_shape=tuple(int(d) for d in x_train.shape[1:]),
         groups=None if groups is None else np.asarray(groups, dtype=np.int64),
@@ -100,6 +102,41 @@ def _digits(test_fraction: float) -> Dataset:
         random_state=_DIGITS_SPLIT_SEED,
     )
     return _finish(x_train, y_train, x_test, y_test, num_classes=10)
+
+
+# ------------------------------------------------------------------------- diabetes
+
+
+class DiabetesParams(Params):
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+_DIABETES_SPLIT_SEED = 0  # fixed, like digits': every run tests on the same patients
+
+
+@register("dataset", "diabetes", params=DiabetesParams)
+def diabetes(params: DiabetesParams, seed: int) -> Dataset:
+    """scikit-learn diabetes regression (442 patients, 10 features, disease progression
+    after one year), a fixed seeded split; features and target standardised with the
+    training split's mean and std. A regression dataset: float32 targets, one output."""
+    return _diabetes(params.test_fraction)
+
+
+@functools.lru_cache(maxsize=4)
+def _diabetes(test_fraction: float) -> Dataset:
+    from sklearn.datasets import load_diabetes
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_diabetes(scaled=False)
+    x_train, x_test, y_train, y_test = train_test_split(
+        bunch.data, bunch.target, test_size=test_fraction, random_state=_DIABETES_SPLIT_SEED
+    )
+    mean, std = x_train.mean(0), x_train.std(0)
+    y_mean, y_std = y_train.mean(), y_train.std()
+    return _finish(
+        (x_train - mean) / std, (y_train - y_mean) / y_std, (x_test - mean) / std, (y_test - y_mean) / y_std,
+        num_classes=1, regression=True,
+    )
 
 
 # ------------------------------------------------------------------------ synthetic

@@ -1,4 +1,4 @@
-"""Models: an MLP, a LeNet-style CNN and a GroupNorm ResNet-8, in plain torch.
+"""Models: an MLP, DIFF2's FC_10, a LeNet-style CNN and a GroupNorm ResNet-8, in plain torch.
 
 Every model is registered as a ``model`` component whose factory takes
 ``(params, input_shape, num_classes)`` and returns an ``nn.Module`` mapping a batch of
@@ -55,6 +55,22 @@ def mlp(params: MLPParams, input_shape: tuple[int, ...], num_classes: int) -> nn
         width = hidden
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
+
+
+# ----------------------------------------------------------------------------- fc10
+
+
+class FC10Params(Params):
+    hidden: int = Field(10, ge=1)
+
+
+@register("model", "fc10", params=FC10Params)
+def fc10(params: FC10Params, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """FC_10 of DIFF2's experiments (Murata & Suzuki, ICML 2023, Sec. 6):
+    Linear(d_in, 10) → softplus → Linear(10, out) on the flattened input; ``out`` is the
+    number of classes, 1 for a regression dataset."""
+    width = math.prod(input_shape)
+    return nn.Sequential(nn.Flatten(), nn.Linear(width, params.hidden), nn.Softplus(), nn.Linear(params.hidden, num_classes))
 
 
 # ------------------------------------------------------------------------------ cnn

@@ -228,6 +228,35 @@ def diff2_epsilon(
     return epsilon(dpa.ComposedDpEvent(events), REPLACE_ONE, delta, kind)
 
 
+# --------------------------------------------------------------------------- DIFF2 calibration
+
+
+def diff2_calibrated_sigmas(
+    target_epsilon: float, delta: float, rounds: int, restart: int, n_min: int, clients: int, u: float = 1.25,
+    kind: AccountantKind = "rdp", rtol: float = 1e-4,
+) -> tuple[float, float]:
+    """The paper's (σ₁, σ₂) (``diff2_sigmas``) times the smallest common factor s for which
+    ``diff2_epsilon(sσ₁, sσ₂, ...)`` ≤ the target: the paper's fixed-order recipe is
+    conservative (privacy.md §3.2), so s < 1 and the run spends its whole budget.
+    Bisection on log s to relative precision ``rtol``; the returned pair meets the target."""
+    sigma1, sigma2 = diff2_sigmas(target_epsilon, delta, rounds, restart, n_min, clients, u)
+
+    def fits(s: float) -> bool:
+        return diff2_epsilon(s * sigma1, s * sigma2, rounds, restart, n_min, clients, delta, kind) <= target_epsilon
+
+    lo, hi = 1.0, 1.0
+    while not fits(hi):
+        hi *= 2
+    while fits(lo):
+        lo /= 2
+        if lo < 1e-12:
+            return lo * sigma1, lo * sigma2
+    while hi / lo > 1 + rtol:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi * sigma1, hi * sigma2
+
+
 # --------------------------------------------------------------------------- audits
 
 

@@ -202,6 +202,7 @@ def summary_table(df: pd.DataFrame, name: str) -> Table:
         acc = df["test_acc"].dropna()
         table.add_row("final test accuracy", f"{acc.iloc[-1]:.4f}")
         table.add_row("best test accuracy", f"{acc.max():.4f}")
+    if "test_loss" in df and df["test_loss"].notna().any():  # regression runs have a loss only
         table.add_row("final test loss", f"{df['test_loss'].dropna().iloc[-1]:.4f}")
     table.add_row("bytes down / up", f"{df['bytes_down'].sum():,} / {df['bytes_up'].sum():,}")
     for key in [k for k in df.columns if k.startswith("epsilon") and df[k].notna().any()]:

@@ -45,6 +45,20 @@ def batches(n: int, batch_size: int, epochs: int, steps: int | None, gen: torch.
             done += 1
 
 
+def is_regression(y: torch.Tensor) -> bool:
+    """Floating-point targets mean regression (MSE); integer targets are class labels."""
+    return y.is_floating_point()
+
+
+def task_loss(output: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """The training objective for targets ``y``: cross-entropy of the logits for class
+    labels; for regression targets (float, shape (n,)) the squared error of the model's
+    output (shape (n, 1)), ``reduction`` as in ``torch.nn.functional``."""
+    if is_regression(y):
+        return F.mse_loss(output.reshape(y.shape), y, reduction=reduction)
+    return F.cross_entropy(output, y, reduction=reduction)
+
+
 def local_sgd(
     model: nn.Module,
     x: torch.Tensor,
@@ -69,7 +83,7 @@ def local_sgd(
     total, count = 0.0, 0
     for idx in batches(len(x), batch_size, epochs, steps, gen):
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss = task_loss(model(x[idx]), y[idx])
         loss.backward()
         if grad_hook is not None:
             grad_hook()
@@ -81,12 +95,14 @@ def local_sgd(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` on (x, y), in eval mode."""
+    """(mean cross-entropy, accuracy) of ``model`` on (x, y), in eval mode; for
+    regression targets (mean squared error, NaN): accuracy has no meaning there."""
     model.eval()
     loss_sum, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
         logits = model(x[start : start + batch_size])
         target = y[start : start + batch_size]
-        loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
-        correct += (logits.argmax(1) == target).sum().item()
-    return loss_sum / len(x), correct / len(x)
+        loss_sum += task_loss(logits, target, reduction="sum").item()
+        if not is_regression(target):
+            correct += (logits.argmax(1) == target).sum().item()
+    return loss_sum / len(x), (math.nan if is_regression(y) else correct / len(x))

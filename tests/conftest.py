@@ -20,3 +20,14 @@ def tiny(tmp_path):
         "client": {"epochs": 1, "batch_size": 16, "lr": 0.1},
         "output": {"dir": str(tmp_path / "runs"), "progress": False},
     }
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Tiny tensors: thread hand-off would dominate; one torch thread for the test."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
