@@ -23,7 +23,8 @@ client-side noise matches the accuracy run's cohort of 30), each client one SGD 
 example; the eavesdropping server inverts client 0's upload (200 iterations). "n/a" says
 the upload is not a model update the attacks can match (a sketch, a tabular gradient).
 
-    python benchmarks/privacy.py [--rounds 30] [--seed 0] [--iterations 200] [--only dp,...]
+    python benchmarks/privacy.py [--rounds 30] [--other-rounds 30] [--seed 0] [--iterations 200]
+                                 [--only FedAvg,DP-FedAvg,...]
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ ROWS = [
     row("DP-FedAvg", "ε=4", {"defense": dp(4.0)}),
     row("DP-FedAvg", "ε=8", {"defense": dp(8.0)}),
     row("DP-FedAvg", "ε=4, client noise", {"defense": dp(4.0, sampling="fixed", noise="client")}),
-    row("FedAvg", "HyperFL split", {**FEDAVG_ON_HYPERFL_SPLIT, "audit": AUDIT}, base=HYPERFL),
+    row("FedAvg", "HyperFL split", {**FEDAVG_ON_HYPERFL_SPLIT, "audit": AUDIT}, base=HYPERFL,
+        baseline="FedAvg/HyperFL split"),
     row("HyperFL", "personalised", {"audit": AUDIT}, base=HYPERFL, metric="fed_acc", baseline="FedAvg/HyperFL split"),
 ]
 
@@ -103,7 +105,7 @@ def attack_scenario(sc: dict, metrics, attack: str, iterations: int) -> dict | N
     if sc["strategy"]["name"] not in ("fedavg", "fedprox"):
         return None
     attack_sc = merge(sc, {
-        "rounds": 1, "num_clients": 30, "strategy": {"fraction_train": 1.0},
+        "rounds": 1, "num_clients": 30, "partition": {"name": "iid"}, "strategy": {"fraction_train": 1.0},
         "client": {"steps": 1, "batch_size": 1, "epochs": 1},
         "eavesdropper": {"name": attack, "rounds": [1], "targets": [0], "iterations": iterations},
     })
@@ -118,6 +120,7 @@ def attack_scenario(sc: dict, metrics, attack: str, iterations: int) -> dict | N
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=30, help="rounds of the privacy_matrix.yaml rows")
+    ap.add_argument("--other-rounds", type=int, default=30, help="rounds of the HyperFL and DIFF2 rows")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--iterations", type=int, default=200, help="IG/DIA iterations per attacked upload")
     ap.add_argument("--only", default="", help="comma-separated method names (default: all)")
@@ -131,8 +134,7 @@ def main() -> None:
                 continue
             base, _ = read_yaml(spec["base"])
             sc = merge(base, {**spec["overrides"], "seed": args.seed})
-            if spec["base"] == BASE:
-                sc["rounds"] = args.rounds
+            sc["rounds"] = args.rounds if spec["base"] == BASE else args.other_rounds
             result, summary = run(sc, out)
             values = result.metrics[spec["metric"]].dropna()
             r = {
