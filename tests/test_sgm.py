@@ -3,7 +3,6 @@ per-round sketches, the secret that never reaches the server, GLOBAL_OPT, the ac
 
 import json
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,15 +17,7 @@ from fedsim.models import build_model
 from fedsim.records import to_record
 from fedsim.scenario import validate
 from fedsim.world import Fleet
-from strategies.stateful import model_vector, record_vector
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from strategies.stateful import record_vector
 
 
 def _sgm_scenario(tiny, **strategy):
@@ -298,9 +289,25 @@ def test_run_keeps_the_sketch_secret_from_the_server_and_records_both_epsilons(t
 def test_without_noise_and_with_a_wide_sketch_it_learns_like_fedavg(tiny):
     """σ_g = 0, b = 4d, gd with η_g = 1: u ≈ mean clipped Δ, a FedAvg step with sketch error."""
     data = _sgm_scenario(tiny, sketch_dim=4 * 1210, sigma_g=0.0, server_opt="gd", server_lr=1.0, clip=100.0)
-    data["rounds"] = 5
+    data["rounds"] = 10
     sgm_acc = fedsim.run(data).final_accuracy
     data["strategy"] = {"name": "fedavg", "fraction_train": 0.5}
     fedavg_acc = fedsim.run(data).final_accuracy
-    assert sgm_acc > 0.5
-    assert sgm_acc > fedavg_acc - 0.1
+    assert sgm_acc > 0.6  # 0.75 here; FedAvg 0.76
+    assert abs(sgm_acc - fedavg_acc) < 0.1
+
+
+def test_server_optimizer_state_survives_a_checkpoint(tiny, tmp_path):
+    from fedsim.experiment import prepare
+
+    strategy = fedsim.registry.get("strategy", "sgm")
+    setup = prepare(validate(_sgm_scenario(tiny)))
+    server = strategy.factory(setup.scenario.strategy.params, setup)
+    u = torch.randn(4)
+    _, server.opt = sgm.global_step(torch.zeros(4), u, sgm.OptState(), rule="amsgrad", lr=0.1)
+    torch.save(server.state_dict(), tmp_path / "s.pt")
+    fresh = strategy.factory(setup.scenario.strategy.params, setup)
+    fresh.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    assert fresh.opt.steps == 1
+    torch.testing.assert_close(fresh.opt.m, server.opt.m)
+    torch.testing.assert_close(fresh.opt.v, server.opt.v)
