@@ -7,17 +7,17 @@ typo), and ξ ~ N(0, σ_g² I_b). fedsim's realisation of Alg. 2, round t:
 
     server: sample N of the C clients uniformly without replacement (FedAvg's seeded cohort),
             send θ_t and (τ, b, σ_g, t)
-    client c (line 5-9):
+    client c (client update):
         R_t ← from a secret all clients share, derive_seed(seed, "sgm-sketch-secret", t),
               computed on the client only; the same R_t for every client of round t, fresh each round
         K local SGD steps from θ_t → θ_{c,K};        Δ_c = θ_t − θ_{c,K}      (the paper's sign)
         Δ̂_c = clip_L2(Δ_c / η_local, τ)
         Δ̃_c = η_local · (R_t Δ̂_c + z_c),   z_c ~ N(0, σ_g² I_b)             (b numbers up)
-    server (line 11): Δ̄ = (1/N) Σ_c Δ̃_c                                      (uniform mean)
+    server (aggregation): Δ̄ = (1/N) Σ_c Δ̃_c                                      (uniform mean)
     de-sketch:  u_t = R_tᵀ Δ̄ (d numbers), computed by ONE of the round's clients (the lowest
                 partition id that replied) in a ``query.sgm_desketch`` exchange: the server
                 never holds R_t
-    GLOBAL_OPT (line 12): gd (Alg. 3) θ ← θ − η_g u_t; amsgrad (Alg. 4) m ← β₁m + (1−β₁)u,
+    GLOBAL_OPT: gd (Alg. 3) θ ← θ − η_g u_t; amsgrad (Alg. 4) m ← β₁m + (1−β₁)u,
                 v ← max(v, β₂v + (1−β₂)u²), θ ← θ − η_g m/(√v + ε); adam: Adam with bias
                 correction (the paper's experiments use "Adam"; App. Table 2: AMSGrad ≈ Adam)
 
@@ -129,7 +129,7 @@ def sketch_matrix(secret: int, sketch_dim: int, dim: int) -> torch.Tensor:
 
 
 def clip_l2(v: torch.Tensor, clip: float) -> tuple[torch.Tensor, float]:
-    """v·min(1, τ/‖v‖₂) and ‖v‖₂ (Alg. 2 line 7: L2, not the released code's L∞)."""
+    """v·min(1, τ/‖v‖₂) and ‖v‖₂ (Alg. 2 clip: L2, not the released code's L∞)."""
     norm = float(torch.linalg.vector_norm(v))
     return (v * (clip / norm) if norm > clip else v), norm
 
@@ -137,7 +137,7 @@ def clip_l2(v: torch.Tensor, clip: float) -> tuple[torch.Tensor, float]:
 def privatize(
     update: torch.Tensor, secret: int, sketch_dim: int, clip: float, sigma_g: float, noise: torch.Generator
 ) -> tuple[torch.Tensor, float]:
-    """R_t clip_L2(update, τ) + z, z ~ N(0, σ_g² I_b) (Alg. 2 lines 7-8, before the η_local
+    """R_t clip_L2(update, τ) + z, z ~ N(0, σ_g² I_b) (Alg. 2 client update, before the η_local
     factor); returns it and the update's norm before clipping."""
     clipped, norm = clip_l2(update, clip)
     z = torch.randn(sketch_dim, generator=noise, dtype=update.dtype) * sigma_g
@@ -145,7 +145,7 @@ def privatize(
 
 
 def sgm_train(content: RecordDict, env: ClientEnv) -> RecordDict:
-    """Fed-SGM client (Alg. 2 lines 5-9): local SGD, clip Δ/η_local, sketch, add noise.
+    """Fed-SGM client (Alg. 2, client update): local SGD, clip Δ/η_local, sketch, add noise.
 
     Replies with the b-number sketch only (no model), ``train_loss``, ``num-examples``,
     the update norm before clipping and whether it was clipped."""
@@ -181,7 +181,7 @@ def sgm_train(content: RecordDict, env: ClientEnv) -> RecordDict:
 
 @client.app.query("sgm_desketch")
 def sgm_desketch(msg: Message, context: Context) -> Message:
-    """u_t = R_tᵀ Δ̄ (Alg. 2 line 12's argument), by a client that knows R_t's secret."""
+    """u_t = R_tᵀ Δ̄ (the argument of Alg. 2's GLOBAL_OPT), by a client that knows R_t's secret."""
     env = client._env(context)
     rnd = int(msg.content["config"]["server-round"])
     mean = record_vector(msg.content[SKETCH_KEY])
