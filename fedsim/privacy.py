@@ -150,8 +150,11 @@ def sgm_secret_sketch_epsilon(
     ratio = sketch_dim * sigma_g**4 / tau4
     alpha = 1 + math.sqrt(1 + ratio * log_inv)
     eps0 = alpha**2 / ((alpha - 1) * ratio) + log_inv / (alpha - 1)
-    eps1 = math.log1p(q * math.expm1(eps0))
-    return math.sqrt(2 * t * math.log(2 / delta)) * eps1 + t * eps1 * math.expm1(eps1)
+    try:
+        eps1 = math.log1p(q * math.expm1(eps0))
+        return math.sqrt(2 * t * math.log(2 / delta)) * eps1 + t * eps1 * math.expm1(eps1)
+    except OverflowError:  # e^ε beyond float range (tiny bσ_g⁴/τ⁴): no useful bound
+        return math.inf
 
 
 def sketch_norm_factor(sketch_dim: int, clients_per_round: int, rounds: int, delta: float) -> float:
@@ -184,6 +187,29 @@ def sgm_public_sketch_epsilon(
     return dp_fedavg_epsilon(
         z, rounds, sampling=sampling, population=population, sample_size=sample_size, delta=delta / 2, kind=kind
     )
+
+
+def sgm_calibrate_sigma(
+    target_epsilon: float, clip: float, sketch_dim: int, sampling_rate: float, rounds: int, delta: float
+) -> float:
+    """The smallest σ_g (to a relative 1e-6) whose secret-sketch ε after ``rounds`` rounds
+    is at most ``target_epsilon`` (``sgm_secret_sketch_epsilon`` decreases in σ_g, as
+    bσ_g⁴/τ⁴ grows): bisection on log σ_g, returning the upper end of the last bracket."""
+    if target_epsilon <= 0:
+        raise ValueError("target_epsilon must be positive")
+
+    def eps(sigma: float) -> float:
+        return sgm_secret_sketch_epsilon(sigma, clip, sketch_dim, sampling_rate, rounds, delta)
+
+    lo, hi = 1e-6, 1.0
+    while eps(hi) > target_epsilon:
+        lo, hi = hi, hi * 2
+        if hi > 1e8:
+            raise ValueError(f"no σ_g ≤ 1e8 reaches ε = {target_epsilon} (sketch_dim {sketch_dim})")
+    while hi / lo > 1 + 1e-6:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if eps(mid) <= target_epsilon else (mid, hi)
+    return hi
 
 
 # --------------------------------------------------------------------------- DIFF2
