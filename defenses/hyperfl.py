@@ -328,7 +328,8 @@ class HyperFLStrategyParams(FedAvgParams):
 
 
 @register(
-    "strategy", "hyperfl", params=HyperFLStrategyParams, client=hyperfl_train, evaluate=hyperfl_evaluate
+    "strategy", "hyperfl", params=HyperFLStrategyParams, client=hyperfl_train, evaluate=hyperfl_evaluate,
+    canary="bypass",
 )
 def hyperfl(params: HyperFLStrategyParams, setup) -> HyperFL:
     """HyperFL: share a hypernetwork, keep embeddings and heads private (Guo et al., AAAI 2025)."""

@@ -48,8 +48,8 @@ clips Δ/η_local elementwise to [−τ, τ] (L∞, sensitivity τ√d) where th
 the L2 norm; it de-sketches on the server; it has no accountant.
 
 Canary audits: when the client's ``env`` carries a ``canary`` (a flat tensor over the
-trainable parameters), the client skips local training and uses Δ = canary; with the
-paper's sign the model then moves by about −η_g·Δ̂ under gd.
+trainable parameters), the client skips local training and acts as if it had trained to
+θ_t + canary, as every canary does in fedsim (``fedsim.audit``): Δ = θ_t − θ_{c,K} = −canary.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def sgm_train(content: RecordDict, env: ClientEnv) -> RecordDict:
         loss, _ = env.train(rnd)
         delta = theta - model_vector(model)  # Δ = θ_t − θ_{c,K}
     else:  # canary audit: the update is the canary, no training
-        loss, delta = 0.0, canary.detach().reshape(-1).to(theta.dtype)
+        loss, delta = 0.0, -canary.detach().reshape(-1).to(theta.dtype)  # θ_{c,K} = θ_t + canary
     clip = float(cfg["clip"])
     noisy, norm = privatize(
         delta / lr,
@@ -341,7 +341,7 @@ def cohort_size(params: FedAvgParams, num_clients: int) -> int:
     return max(int(num_clients * params.fraction_train), min(params.min_train_nodes, num_clients))
 
 
-@register("strategy", "sgm", params=SGMParams, client=sgm_train, upload="update", canary_aware=True)
+@register("strategy", "sgm", params=SGMParams, client=sgm_train, upload="update", canary="handler")
 def sgm(params: SGMParams, setup) -> SGM:
     """Fed-SGM: clipped, Gaussian-sketched, noised client updates (Li, Chen, Banerjee 2025)."""
     check_parameters_only(setup.model, "sgm")

@@ -87,8 +87,9 @@ class ClientEnv:
     targets: dict[str, torch.Tensor]
     num_classes: int
     # canary audit (fedsim.audit): C·u_j over the trainable parameters when this client is
-    # a canary this round; handlers registered with ``canary_aware=True`` use it as their
-    # update, the others are bypassed (``canary_reply``)
+    # a canary this round. A strategy registered with ``canary="handler"`` uses it in its own
+    # handler (as if it had trained to received + C·u_j); with ``canary="bypass"`` (clients
+    # that reply their trained model) ``canary_reply`` replaces the handler for that upload
     canary: torch.Tensor | None = None
 
     def load(self, arrays: ArrayRecord) -> nn.Module:
@@ -185,7 +186,7 @@ def train(msg: Message, context: Context) -> Message:
 
         trainable = sum(p.numel() for p in env.model.parameters() if p.requires_grad)
         env = replace(env, canary=client_canary(msg.content, env.scenario.seed, trainable))
-        if env.canary is not None and not entry.extras.get("canary_aware"):
+        if env.canary is not None and entry.extras.get("canary") == "bypass":
             handler = canary_reply
     mod = _defense_mod(env.scenario)
     config = msg.content["config"] if "config" in msg.content else {}

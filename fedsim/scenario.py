@@ -400,6 +400,11 @@ def _defense_fits(scenario: Scenario, data: dict) -> list[dict]:
     if scenario.audit is not None and scenario.audit.canaries >= scenario.num_clients:
         msg = f"needs fewer canary clients than num_clients={scenario.num_clients}"
         errors.append({"loc": ("audit", "canaries"), "type": "value_error", "msg": msg, "input": scenario.audit.canaries})
+    if scenario.audit is not None:
+        able = [e.name for e in registry.entries()["strategy"] if e.extras.get("canary")]
+        if scenario.strategy.name in registry.names("strategy") and scenario.strategy.name not in able:
+            msg = f"strategy '{scenario.strategy.name}' has no canary clients; the audit supports {', '.join(able)}"
+            errors.append({"loc": ("audit",), "type": "value_error", "msg": msg, "input": data.get("audit")})
     if scenario.defense is None:
         return errors
     try:

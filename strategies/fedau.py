@@ -118,7 +118,7 @@ class FedAU(UpdateAggregation):
         }
 
 
-@register("strategy", "fedau", params=FedAUParams, client=fedavg_train)
+@register("strategy", "fedau", params=FedAUParams, client=fedavg_train, canary="bypass")
 def fedau(params: FedAUParams, setup) -> FedAU:
     """FedAU: weights from online participation-interval estimates, divided by N (Wang & Ji 2024)."""
     return FedAU(setup.scenario.num_clients, params.global_lr, setup.scenario.seed, params.cutoff, params.fraction_evaluate)

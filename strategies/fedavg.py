@@ -51,7 +51,7 @@ def sampling_kwargs(params: FedAvgParams, setup) -> dict:
     }
 
 
-@register("strategy", "fedavg", params=FedAvgParams, client=fedavg_train)
+@register("strategy", "fedavg", params=FedAvgParams, client=fedavg_train, canary="bypass")
 def fedavg(params: FedAvgParams, setup) -> FedAvg:
     """FedAvg: example-weighted average of client models (McMahan et al. 2017)."""
     return FedAvg(**sampling_kwargs(params, setup))

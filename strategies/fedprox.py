@@ -40,7 +40,7 @@ def fedprox_train(content: RecordDict, env: ClientEnv) -> RecordDict:
     return env.reply(loss)
 
 
-@register("strategy", "fedprox", params=FedProxParams, client=fedprox_train)
+@register("strategy", "fedprox", params=FedProxParams, client=fedprox_train, canary="bypass")
 def fedprox(params: FedProxParams, setup) -> FedProx:
     """FedProx: FedAvg with a proximal term μ/2‖w − x‖² in local training (Li et al. 2020)."""
     return FedProx(proximal_mu=params.mu, **sampling_kwargs(params, setup))

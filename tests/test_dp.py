@@ -160,3 +160,10 @@ def test_audit_is_large_without_a_defense_and_below_the_formal_epsilon_with_dp(t
     private = fedsim.run(_audited(tiny, target_epsilon=4.0))
     summary = json.loads((private.run_dir / "summary.json").read_text())
     assert summary["audit"]["epsilon_audit"] < summary["epsilon"] <= 4.0
+
+
+def test_audit_refuses_strategies_without_canary_clients(tiny):
+    sc = {**tiny, "dataset": {"name": "diabetes"}, "model": {"name": "fc10"}, "partition": {"name": "iid"},
+          "strategy": {"name": "dpgd", "epsilon": 3.0}, "audit": {"canaries": 1}}
+    with pytest.raises(ScenarioError, match="strategy 'dpgd' has no canary clients"):
+        load(sc)

@@ -152,7 +152,7 @@ def test_canary_client_sends_lr_times_sketch_of_clipped_canary_plus_its_own_nois
     reply = sgm.sgm_train(_content(model, 4, sigma, b=b), env)
     secret = sgm.sketch_secret(scenario.seed, 4)
     z = torch.randn(b, generator=env.generator(4, sgm.NOISE_PURPOSE)) * sigma
-    expected = lr * (sgm.sketch(sgm.clip_l2(canary / lr, 1.0)[0], secret, b) + z)
+    expected = lr * (sgm.sketch(sgm.clip_l2(-canary / lr, 1.0)[0], secret, b) + z)
     torch.testing.assert_close(record_vector(reply[sgm.SKETCH_KEY]), expected)
     # two clients of one round draw independent noise (distinct seeds per client)
     other, _ = _env(scenario, 3, torch.zeros_like(canary))
