@@ -23,7 +23,7 @@ client-side noise matches the accuracy run's cohort of 30), each client one SGD 
 example; the eavesdropping server inverts client 0's upload (200 iterations). "n/a" says
 the upload is not a model update the attacks can match (a sketch, a tabular gradient).
 
-    python benchmarks/privacy.py [--rounds 30] [--other-rounds 30] [--seed 0] [--iterations 200]
+    python benchmarks/privacy.py [--rounds 30] [--other-rounds R] [--seed 0] [--iterations 200]
                                  [--only FedAvg,DP-FedAvg,...]
 """
 
@@ -56,6 +56,9 @@ def dp(epsilon: float, **extra) -> dict:
 
 
 HYPERFL = ROOT / "scenarios" / "hyperfl.yaml"
+DIFF2 = ROOT / "scenarios" / "diff2.yaml"
+DIGITS = {"dataset": {"name": "digits"}}  # DIFF2's classification setting: digits, fc10, cross-entropy
+SGM_LR = 0.01
 FEDAVG_ON_HYPERFL_SPLIT = {  # the same target net and split, FedAvg with HyperFL's local settings
     "model": {"name": "hyperfl_target", "target": "cnn"},
     "strategy": {"name": "fedavg", "fraction_train": 1.0},
@@ -80,6 +83,20 @@ ROWS = [
     row("FedAvg", "HyperFL split", {**FEDAVG_ON_HYPERFL_SPLIT, "audit": AUDIT}, base=HYPERFL,
         baseline="FedAvg/HyperFL split"),
     row("HyperFL", "personalised", {"audit": AUDIT}, base=HYPERFL, metric="fed_acc", baseline="FedAvg/HyperFL split"),
+    # SGM: σ_g calibrated so that its secret-sketch ε is DP-FedAvg's 4; τ = C/η_local
+    row("SGM", "secret-sketch ε=4", {"strategy": {
+        "name": "sgm", "fraction_train": 0.1, "clip": CLIP / 0.2, "sketch_dim": 4096, "target_epsilon": 4.0,
+        "server_opt": "adam", "server_lr": SGM_LR}}),
+    # DIFF2 against DP-GD at equal ε (sample-level, trusted server); settings: the best of a
+    # small grid each (README), tuning not privacy-accounted, as in the paper
+    row("DP-GD", "diabetes ε=3", {"strategy": {"restart": 1}}, base=DIFF2, metric="test_loss",
+        baseline="DP-GD/diabetes ε=3"),
+    row("DIFF2", "diabetes ε=3, T=10", base=DIFF2, metric="test_loss", baseline="DP-GD/diabetes ε=3"),
+    row("DP-GD", "digits ε=3", {**DIGITS, "strategy": {"restart": 1, "clip": 1.0, "lr": 1.0, "noise": "calibrated"}}, base=DIFF2,
+        baseline="DP-GD/digits ε=3"),
+    row("DIFF2", "digits ε=3, T=5", {**DIGITS, "strategy": {"restart": 5, "clip": 3.0, "diff_clip": 1.0, "lr": 0.25,
+                                                  "noise": "calibrated"}},
+        base=DIFF2, baseline="DP-GD/digits ε=3"),
 ]
 
 
@@ -120,7 +137,7 @@ def attack_scenario(sc: dict, metrics, attack: str, iterations: int) -> dict | N
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=30, help="rounds of the privacy_matrix.yaml rows")
-    ap.add_argument("--other-rounds", type=int, default=30, help="rounds of the HyperFL and DIFF2 rows")
+    ap.add_argument("--other-rounds", type=int, default=None, help="rounds of the HyperFL and DIFF2 rows (default: their scenarios')")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--iterations", type=int, default=200, help="IG/DIA iterations per attacked upload")
     ap.add_argument("--only", default="", help="comma-separated method names (default: all)")
@@ -134,7 +151,10 @@ def main() -> None:
                 continue
             base, _ = read_yaml(spec["base"])
             sc = merge(base, {**spec["overrides"], "seed": args.seed})
-            sc["rounds"] = args.rounds if spec["base"] == BASE else args.other_rounds
+            if spec["base"] == BASE:
+                sc["rounds"] = args.rounds
+            elif args.other_rounds:
+                sc["rounds"] = args.other_rounds
             result, summary = run(sc, out)
             values = result.metrics[spec["metric"]].dropna()
             r = {

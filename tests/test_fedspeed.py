@@ -20,13 +20,7 @@ from strategies.stateful import add_to_grads, gradient, local_descent, model_vec
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: thread hand-off would dominate (as in the in-process runtime)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny tensors (tests/conftest.py)
 
 
 # ----------------------------------------------------------------- local steps, SAM

@@ -92,17 +92,10 @@ def test_invalid_params_are_rejected(name, params):
         build_model(name, params, (1, 8, 8), num_classes=10)
 
 
-@pytest.fixture
-def one_thread():
-    # Small models train far faster on one thread than with intra-op parallelism.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_models_learn_digits(name, one_thread):
+def test_models_learn_digits(name, torch_one_thread):
     ds = load_dataset("digits", {}, seed=0)
     x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
     torch.manual_seed(0)
