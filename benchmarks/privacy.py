@@ -31,21 +31,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
+import fedsim
+from fedsim.scenario import read_yaml
+
 ROOT = Path(__file__).resolve().parents[1]
-# this script's folder holds benchmarks/attacks.py, which would shadow the attacks package
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
-
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-import fedsim  # noqa: E402
-from fedsim.scenario import read_yaml  # noqa: E402
-
 BASE = ROOT / "scenarios" / "privacy_matrix.yaml"
 CLIP = 1.0
 AUDIT = {"canaries": 5, "held_out": 200}
@@ -58,7 +54,7 @@ def dp(epsilon: float, **extra) -> dict:
 HYPERFL = ROOT / "scenarios" / "hyperfl.yaml"
 DIFF2 = ROOT / "scenarios" / "diff2.yaml"
 DIGITS = {"dataset": {"name": "digits"}}  # DIFF2's classification setting: digits, fc10, cross-entropy
-SGM_LR = 0.01
+SGM_LR = 0.05
 FEDAVG_ON_HYPERFL_SPLIT = {  # the same target net and split, FedAvg with HyperFL's local settings
     "model": {"name": "hyperfl_target", "target": "cnn"},
     "strategy": {"name": "fedavg", "fraction_train": 1.0},
@@ -92,11 +88,10 @@ ROWS = [
     row("DP-GD", "diabetes ε=3", {"strategy": {"restart": 1}}, base=DIFF2, metric="test_loss",
         baseline="DP-GD/diabetes ε=3"),
     row("DIFF2", "diabetes ε=3, T=10", base=DIFF2, metric="test_loss", baseline="DP-GD/diabetes ε=3"),
-    row("DP-GD", "digits ε=3", {**DIGITS, "strategy": {"restart": 1, "clip": 1.0, "lr": 1.0, "noise": "calibrated"}}, base=DIFF2,
-        baseline="DP-GD/digits ε=3"),
-    row("DIFF2", "digits ε=3, T=5", {**DIGITS, "strategy": {"restart": 5, "clip": 3.0, "diff_clip": 1.0, "lr": 0.25,
-                                                  "noise": "calibrated"}},
+    row("DP-GD", "digits ε=3", {**DIGITS, "strategy": {"restart": 1, "clip": 1.0, "lr": 2.0, "noise": "calibrated"}},
         base=DIFF2, baseline="DP-GD/digits ε=3"),
+    row("DIFF2", "digits ε=3, T=20", base=DIFF2, baseline="DP-GD/digits ε=3", overrides={
+        **DIGITS, "strategy": {"restart": 20, "clip": 1.0, "diff_clip": 0.3, "lr": 0.5, "noise": "calibrated"}}),
 ]
 
 

@@ -24,7 +24,7 @@ count (stages × 60 iterations × 2 restarts). Victims: 2 single images (B = 1) 
 of 4. On patches the prior part runs FedSGD uploads only and the in-distribution prior only
 (the OOD prior for patches would be digits).
 
-    python benchmarks/attacks.py [--datasets digits patches] [--parts dropout prior]
+    python benchmarks/inversion.py [--datasets digits patches] [--parts dropout prior]
 """
 
 from __future__ import annotations
