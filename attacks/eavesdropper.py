@@ -30,30 +30,36 @@ import torch
 from flwr.app import Message, MessageType, RecordDict
 from torch import nn
 
-from attacks.inversion import Knowledge, LocalTraining, Observation
+from attacks.inversion import InformedView, Knowledge, LocalTraining, Observation
 from attacks.inversion.metrics import LPIPS_STATUS, save_grid, score
 from fedsim import registry
 from fedsim.client import fedavg_train
 from fedsim.records import to_state_dict
 from fedsim.scenario import Scenario
 from fedsim.training import batches, derive_seed, torch_generator
-from fedsim.world import GridWrapper
+from fedsim.world import Fleet, GridWrapper
 
 PIXEL_RANGE = (0.0, 1.0)  # fedsim's image datasets hold pixels in [0, 1]
 
 
 def upload_kind(scenario: Scenario) -> str:
     """``gradient`` for strategies whose clients upload a gradient (FedSGD), ``update`` for
-    the plain FedAvg client (local SGD); other client objectives cannot be replayed."""
+    the plain FedAvg client (local SGD) and for strategies with an informed view (their
+    upload is a FedAvg update of the view's model); other client objectives cannot be replayed."""
     entry = registry.get("strategy", scenario.strategy.name)
     if entry.extras.get("upload") == "gradient":
         return "gradient"
-    if entry.extras.get("client", fedavg_train) is fedavg_train:
+    if entry.extras.get("client", fedavg_train) is fedavg_train or informed_view(scenario) is not None:
         return "update"
     raise ValueError(
         f"eavesdropper: strategy {scenario.strategy.name!r} has its own client objective; "
         "attacks replay FedSGD gradients (fedsgd) and FedAvg updates (fedavg)"
     )
+
+
+def informed_view(scenario: Scenario) -> InformedView | None:
+    """The strategy's :class:`InformedView` (registered as ``informed=``), if it has one."""
+    return registry.get("strategy", scenario.strategy.name).extras.get("informed")
 
 
 def local_training(scenario: Scenario, num_examples: int) -> LocalTraining:
@@ -69,11 +75,14 @@ class GroundTruth:
     def __init__(self, scenario: Scenario, x_train: np.ndarray, y_train: np.ndarray, partitions: list[np.ndarray]):
         self.scenario = scenario
         self.x_train, self.y_train, self.partitions = x_train, y_train, partitions
+        self.view = informed_view(scenario)
 
     def examples(self, server_round: int, client: int, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
         c, part = self.scenario.client, self.partitions[client]
         gen = torch_generator(self.scenario.seed, server_round, client, "shuffle")  # the client's stream
-        if kind == "gradient":
+        if self.view is not None:  # the strategy's own local data and batching
+            order = self.view.examples(self.scenario, len(part), server_round, client)
+        elif kind == "gradient":
             order = next(batches(len(part), c.batch_size, 1, None, gen)).tolist()
         else:
             order = list(dict.fromkeys(i for b in batches(len(part), c.batch_size, c.epochs, c.steps, gen) for i in b.tolist()))
@@ -95,6 +104,9 @@ class Attacker:
         if bad:
             raise ValueError(f"eavesdropper.targets {bad}: partition ids are 0..{scenario.num_clients - 1}")
         self.kind = upload_kind(scenario)
+        self.view = informed_view(scenario)
+        if self.view is not None:
+            self.view.check(scenario)
         self.knowledge = Knowledge(
             tuple(dataset.input_shape), dataset.num_classes, PIXEL_RANGE,
             scenario.dataset.name, scenario.dataset.raw_params(), scenario.seed,
@@ -105,11 +117,18 @@ class Attacker:
         self.run_dir = Path(run_dir)
         self.results: list[dict] = []
 
-    def observe(self, server_round: int, client: int, sent: RecordDict, reply: RecordDict) -> Observation:
-        """What the server holds about one upload, as an Observation (no client data)."""
+    def observe(
+        self, server_round: int, client: int, sent: RecordDict, reply: RecordDict, state: RecordDict | None = None
+    ) -> Observation:
+        """What the server holds about one upload, as an Observation (no client data).
+
+        ``state``: the client's private state when the round began (informed views only)."""
         weights = to_state_dict(sent["arrays"])
         model = copy.deepcopy(self.template)
         model.load_state_dict(weights)
+        if self.view is not None:
+            model = self.view.model(model, state if state is not None else RecordDict(), self.scenario, client,
+                                    self.knowledge.num_classes)
         received = to_state_dict(reply["arrays"])
         names = [n for n, _ in model.named_parameters()]
         n_k = int(reply["metrics"]["num-examples"])
@@ -118,7 +137,8 @@ class Attacker:
             num, local = min(self.scenario.client.batch_size, n_k), None
         else:
             upload = {n: received[n] - weights[n] for n in names}
-            num, local = n_k, local_training(self.scenario, n_k)
+            local = self.view.local(self.scenario, n_k) if self.view else local_training(self.scenario, n_k)
+            num = n_k
         return Observation(
             model=model, upload=upload, kind=self.kind, num_examples=num, local=local,
             input_shape=self.knowledge.input_shape, num_classes=self.knowledge.num_classes,
@@ -126,9 +146,11 @@ class Attacker:
             seed=derive_seed(self.scenario.seed, server_round, client, "inversion"),
         )
 
-    def run(self, server_round: int, client: int, sent: RecordDict, reply: RecordDict) -> dict:
+    def run(
+        self, server_round: int, client: int, sent: RecordDict, reply: RecordDict, state: RecordDict | None = None
+    ) -> dict:
         """Attack one upload; then (only then) score it against the ground truth."""
-        obs = self.observe(server_round, client, sent, reply)
+        obs = self.observe(server_round, client, sent, reply, state)
         start = time.perf_counter()
         rec = self.attack.reconstruct(obs)
         seconds = time.perf_counter() - start
@@ -193,9 +215,10 @@ class Eavesdropper(GridWrapper):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         messages = list(messages)
-        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
         params = self.attacker.params
         sent = {self.partition_of(m): m for m in messages if m.metadata.message_type == MessageType.TRAIN}
+        states = self.leaked_states(sent, params)  # before the round changes them
+        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
         results, rnd = [], None
         for reply in replies:
             if reply.has_error() or reply.metadata.message_type != MessageType.TRAIN:
@@ -206,11 +229,28 @@ class Eavesdropper(GridWrapper):
                 continue
             rnd = int(instruction.content["config"]["server-round"])
             if rnd in params.rounds and client in params.targets:
-                results.append(self.attacker.run(rnd, client, instruction.content, reply.content))
+                results.append(self.attacker.run(rnd, client, instruction.content, reply.content, states.get(client)))
         if results:
             self.attacker.save_grid(rnd, results)
             self.pending = round_metrics(results)
         return replies
+
+    def leaked_states(self, sent: dict[int, Message], params) -> dict[int, RecordDict]:
+        """The informed attacker's knowledge: the private state of this round's attacked
+        targets, fetched from their nodes out of band (the simulation's stand-in for leaked
+        client state; not metered as traffic). Empty for strategies without an informed view."""
+        if self.attacker.view is None:
+            return {}
+        wanted = [
+            pid for pid, m in sent.items()
+            if pid in params.targets and int(m.content["config"]["server-round"]) in params.rounds
+        ]
+        if not wanted:
+            return {}
+        fleet = self.inner
+        while not isinstance(fleet, Fleet):
+            fleet = fleet.inner
+        return fleet.client_states(wanted)
 
     def take_metrics(self) -> dict:
         out = {**self.inner.take_metrics(), **self.pending}

@@ -53,7 +53,8 @@ def _attack_one_step(scenario: Scenario) -> tuple[list[dict], dict, object]:
         model = copy.deepcopy(setup.model)
         env = ClientEnv(scenario, client, model, x_all[idx], y_all[idx], RecordDict(), model.state_dict(keep_vars=True),
                         setup.dataset.num_classes)
+        state = RecordDict(dict(env.state.items()))  # before training (informed views)
         reply = handler(sent, env)
-        results.append(attacker.run(1, client, sent, reply))
+        results.append(attacker.run(1, client, sent, reply, state))
     attacker.save_grid(1, results)
     return results, round_metrics(results), run_dir

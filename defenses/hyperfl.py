@@ -45,6 +45,7 @@ for the FedAvg baseline on the same architecture and the byte comparison.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Literal
 
@@ -55,12 +56,13 @@ from pydantic import Field
 from torch import nn
 from torch.func import functional_call
 
+from attacks.inversion import InformedView, LocalTraining
 from fedsim.client import ClientEnv
 from fedsim.records import to_record
 from fedsim.registry import Params, register
 from fedsim.training import batches, torch_generator
 from strategies.fedavg import FedAvg, FedAvgParams, sampling_kwargs
-from strategies.stateful import load_state, save_state
+from strategies.stateful import record_vector, save_state
 
 V_KEY = "hyperfl.v"  # the client's embedding v_i (Context.state)
 HEAD_KEY = "hyperfl.head"  # the client's classifier head ϕ_i, flat [weight, bias]
@@ -193,12 +195,17 @@ def initial_state(seed: int, partition_id: int, embed_dim: int, features: int, n
     return v, head
 
 
+def stored_state(state: RecordDict, scenario, partition_id: int, embed_dim: int, num_classes: int):
+    """(v_i, ϕ_i) from a client's Context.state, or their seeded initial values."""
+    if V_KEY not in state:
+        features = scenario.model.params.features
+        return initial_state(scenario.seed, partition_id, embed_dim, features, num_classes)
+    return record_vector(state[V_KEY]), record_vector(state[HEAD_KEY])
+
+
 def client_state(env: ClientEnv, net: HyperNetwork) -> tuple[torch.Tensor, torch.Tensor]:
     """(v_i, ϕ_i) from the client's Context.state, or their seeded initial values."""
-    features = env.scenario.model.params.features
-    if V_KEY not in env.state:
-        return initial_state(env.scenario.seed, env.partition_id, net.embed_dim, features, env.num_classes)
-    return load_state(env, V_KEY, net.embed_dim), load_state(env, HEAD_KEY, head_size(features, env.num_classes))
+    return stored_state(env.state, env.scenario, env.partition_id, net.embed_dim, env.num_classes)
 
 
 def local_split(n: int, test_fraction: float, seed: int, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,6 +269,13 @@ def personalised_logits(net: HyperNetwork, v, head, x, num_classes: int) -> torc
     return classify(net.features(x, net.generate(v)), head, num_classes)
 
 
+def minibatches(p: "HyperFLStrategyParams", n: int, gen: torch.Generator) -> tuple[list, list]:
+    """The two phases' minibatches (indices into the local train split), from one stream:
+    phase 1's ``head_epochs`` first, then phase 2's ``hyper_epochs`` (or ``hyper_steps``)."""
+    head = list(batches(n, p.batch_size, p.head_epochs, None, gen))
+    return head, list(batches(n, p.batch_size, p.hyper_epochs, p.hyper_steps, gen))
+
+
 def hyperfl_train(content: RecordDict, env: ClientEnv) -> RecordDict:
     """One HyperFL client round (§4.2): phase 1 on ϕ_i, phase 2 on [φ, v_i]; upload φ only."""
     p: HyperFLStrategyParams = env.scenario.strategy.params
@@ -273,14 +287,9 @@ def hyperfl_train(content: RecordDict, env: ClientEnv) -> RecordDict:
     x, y = env.x[train_idx], env.y[train_idx]
     net.train()
     common = {"num_classes": env.num_classes, "momentum": p.momentum, "weight_decay": p.weight_decay}
-    gen = env.generator(server_round, "shuffle")
-    head_loss = train_head(
-        net, v, head, x, y, batches(len(x), p.batch_size, p.head_epochs, None, gen), lr=p.lr_head, **common
-    )
-    loss = train_hyper(
-        net, v, head, x, y, batches(len(x), p.batch_size, p.hyper_epochs, None, gen),
-        lr=p.lr_hyper, max_grad_norm=p.max_grad_norm, **common,
-    )
+    head_batches, hyper_batches = minibatches(p, len(x), env.generator(server_round, "shuffle"))
+    head_loss = train_head(net, v, head, x, y, head_batches, lr=p.lr_head, **common)
+    loss = train_hyper(net, v, head, x, y, hyper_batches, lr=p.lr_hyper, max_grad_norm=p.max_grad_norm, **common)
     state_bytes = save_state(env, V_KEY, v.detach()) + save_state(env, HEAD_KEY, head.detach())
     metrics = {"train_loss": loss, "head_loss": head_loss, "state_bytes": float(state_bytes), "num-examples": len(x)}
     return RecordDict({"arrays": to_record(net.state_dict()), "metrics": MetricRecord(metrics)})
@@ -302,6 +311,65 @@ def hyperfl_evaluate(content: RecordDict, env: ClientEnv) -> RecordDict:
     return RecordDict({"metrics": MetricRecord({"eval_loss": loss, "eval_acc": acc, "num-examples": len(test_idx)})})
 
 
+# ------------------------------------------------- the informed attacker's view
+
+
+class InformedModel(HyperNetwork):
+    """Client i's prediction as a model of φ alone: x ↦ g(f(x; h(v_i; φ)); ϕ_i), with
+    v_i and ϕ_i fixed buffers (privacy.md §6.3 (b), the informed attacker).
+
+    Its named parameters are exactly φ (the ``hyperfl`` state-dict keys). With phase 1
+    skipped and one phase-2 step on one minibatch, the client's upload is one SGD step of
+    this model, φ' − φ = −lr·(clip(∇φ CE(g(f(x; h(v_i; φ)); ϕ_i), y)) + wd·φ): a FedAvg
+    update that the attacks replay unchanged. (Phase 2 also moves v_i; in one step that
+    does not touch φ's update.)
+    """
+
+    def __init__(self, net: HyperNetwork, v: torch.Tensor, head: torch.Tensor, num_classes: int):
+        super().__init__(copy.deepcopy(net.extractor), net.embed_dim, net.body.out_features)
+        self.load_state_dict(net.state_dict())
+        self.register_buffer("v", v.detach().clone())
+        self.register_buffer("head", head.detach().clone())
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return personalised_logits(self, self.v, self.head, x, self.num_classes)
+
+
+def _one_step(scenario) -> HyperFLStrategyParams:
+    p: HyperFLStrategyParams = scenario.strategy.params
+    if p.head_epochs != 0 or p.hyper_steps != 1:
+        raise ValueError(
+            "eavesdropper on hyperfl: the informed attack replays one phase-2 step with ϕ_i as it was "
+            "sent; set strategy.head_epochs: 0 and strategy.hyper_steps: 1"
+        )
+    return p
+
+
+def _informed_model(sent: nn.Module, state: RecordDict, scenario, client: int, num_classes: int) -> InformedModel:
+    if not isinstance(sent, HyperNetwork):
+        raise ValueError("eavesdropper on hyperfl: the sent model is not the hypernetwork")
+    v, head = stored_state(state, scenario, client, sent.embed_dim, num_classes)
+    return InformedModel(sent, v, head, num_classes)
+
+
+def _informed_local(scenario, num_examples: int) -> LocalTraining:
+    p = _one_step(scenario)
+    return LocalTraining(p.lr_hyper, 1, p.batch_size, p.momentum, p.weight_decay, p.max_grad_norm)
+
+
+def _trained_examples(scenario, partition_size: int, server_round: int, client: int) -> list[int]:
+    """Positions in the partition of the examples of phase 2 (the client's own stream)."""
+    p: HyperFLStrategyParams = scenario.strategy.params
+    train_idx, _ = local_split(partition_size, p.test_fraction, scenario.seed, client)
+    gen = torch_generator(scenario.seed, server_round, client, "shuffle")
+    _, hyper = minibatches(p, len(train_idx), gen)
+    return [int(train_idx[i]) for i in dict.fromkeys(i for b in hyper for i in b.tolist())]
+
+
+INFORMED_VIEW = InformedView(check=_one_step, model=_informed_model, local=_informed_local, examples=_trained_examples)
+
+
 # -------------------------------------------------------------------------- server
 
 
@@ -316,20 +384,23 @@ class HyperFL(FedAvg):
 
 
 class HyperFLStrategyParams(FedAvgParams):
-    head_epochs: int = Field(1, ge=0, description="phase 1: epochs on the classifier head ϕ_i")
+    head_epochs: int = Field(1, ge=0, description="phase 1: epochs on the classifier head ϕ_i (0: skipped)")
     hyper_epochs: int = Field(5, ge=0, description="phase 2: epochs on the hypernetwork φ and embedding v_i")
     lr_head: float = Field(0.1, gt=0)
     lr_hyper: float = Field(0.02, gt=0, description="lr of φ and v_i")
     momentum: float = Field(0.5, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     max_grad_norm: float = Field(50.0, gt=0, description="clip ∇φ and ∇v_i separately (stability, not DP)")
+    hyper_steps: int | None = Field(
+        None, ge=1, description="phase 2: exactly this many minibatch steps (overrides hyper_epochs)"
+    )
     batch_size: int = Field(50, ge=1)
     test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out personal test share of each partition")
 
 
 @register(
     "strategy", "hyperfl", params=HyperFLStrategyParams, client=hyperfl_train, evaluate=hyperfl_evaluate,
-    canary="bypass",
+    canary="bypass", informed=INFORMED_VIEW,
 )
 def hyperfl(params: HyperFLStrategyParams, setup) -> HyperFL:
     """HyperFL: share a hypernetwork, keep embeddings and heads private (Guo et al., AAAI 2025)."""

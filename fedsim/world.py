@@ -197,9 +197,11 @@ class Fleet(GridWrapper):
     def load_world_state(self, states: list[dict]) -> None:
         """The fleet's own state is re-made by ``connect``; clients' by ``restore``."""
 
-    def client_states(self) -> dict[int, RecordDict]:
-        """Every node's persistent ``Context.state`` (for a checkpoint), by partition id."""
-        msgs = [Message(RecordDict(), nid, f"{MessageType.QUERY}.checkpoint") for nid in self.get_node_ids()]
+    def client_states(self, partitions: Iterable[int] | None = None) -> dict[int, RecordDict]:
+        """Every node's (or the given partitions') persistent ``Context.state`` (for a
+        checkpoint; the informed eavesdropper), by partition id."""
+        nodes = self.get_node_ids() if partitions is None else [self.node[pid] for pid in partitions]
+        msgs = [Message(RecordDict(), nid, f"{MessageType.QUERY}.checkpoint") for nid in nodes]
         return {self.partition_of(r): r.content for r in self._exchange(msgs, self.timeout, "checkpoint")}
 
     def restore_client_states(self, states: dict[int, RecordDict]) -> None:

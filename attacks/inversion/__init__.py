@@ -18,6 +18,7 @@ from fedsim import registry
 registry.add_kind("inversion")
 
 from attacks.inversion.observation import (  # noqa: E402
+    InformedView,
     InversionAttack,
     Knowledge,
     LocalTraining,
@@ -25,4 +26,4 @@ from attacks.inversion.observation import (  # noqa: E402
     Reconstruction,
 )
 
-__all__ = ["InversionAttack", "Knowledge", "LocalTraining", "Observation", "Reconstruction"]
+__all__ = ["InformedView", "InversionAttack", "Knowledge", "LocalTraining", "Observation", "Reconstruction"]

@@ -14,6 +14,12 @@ pull their entries negative.
   argmin class again; each time a class is taken its entry is raised by the mean impact
   of one example, |m| with m = Σ_{negative entries} / B.
 
+* ``probe`` (for models without a class-output layer in the upload, e.g. HyperFL's φ
+  seen by the informed attacker; one example): the class c whose replayed upload at a
+  mid-grey probe image, with label c, has the highest cosine similarity to the observed
+  upload. The cross-entropy's (p − e_y) factor dominates the direction of the update.
+  ``auto`` falls back to it where no class-output layer exists.
+
 Entries are the bias gradient where the last layer has a bias, else the weight-row sums.
 For a FedAvg update Δθ ≈ −η·Σ_t g_t the pseudo-gradient −Δθ is used. Labels are returned
 sorted (the order of a batch is not observable).
@@ -24,10 +30,12 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 from attacks.inversion.observation import Observation
+from attacks.inversion.replay import compute_upload
 
-LabelRule = Literal["auto", "idlg", "yin", "bias-corrected"]
+LabelRule = Literal["auto", "idlg", "yin", "bias-corrected", "probe"]
 
 
 def last_layer(obs: Observation) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -44,8 +52,29 @@ def last_layer(obs: Observation) -> tuple[torch.Tensor, torch.Tensor | None]:
     return sign * obs.upload[weight_name], None if bias is None else sign * bias
 
 
+def has_class_layer(obs: Observation) -> bool:
+    return any(u.dim() == 2 and u.shape[0] == obs.num_classes for u in obs.upload.values())
+
+
+def probe_label(obs: Observation, count: int) -> torch.Tensor:
+    """The class whose upload at a mid-grey probe image best matches the observed one (cosine)."""
+    if count != 1:
+        raise ValueError("the probe rule infers the label of a single example")
+    net = obs.fresh_model().eval()
+    params = {n: p.detach().requires_grad_() for n, p in net.named_parameters()}
+    probe = torch.full((1, *obs.input_shape), sum(obs.pixel_range) / 2)
+    observed = torch.cat([obs.upload[n].reshape(-1) for n in params])
+    sims = []
+    for c in range(obs.num_classes):
+        upload = compute_upload(net, params, probe, torch.tensor([c]), obs.kind, obs.local)
+        sims.append(F.cosine_similarity(torch.cat([upload[n].reshape(-1) for n in params]), observed, 0))
+    return torch.stack(sims).argmax().reshape(1)
+
+
 def infer_labels(obs: Observation, count: int, rule: LabelRule = "auto") -> torch.Tensor:
     """``count`` labels for the examples behind ``obs`` (sorted)."""
+    if rule == "probe" or (rule == "auto" and not has_class_layer(obs)):
+        return probe_label(obs, count)
     weight, bias = last_layer(obs)
     if rule == "auto":
         rule = "idlg" if count == 1 else "bias-corrected"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,7 +25,9 @@ class LocalTraining:
 
     ``steps`` minibatch steps of size ``batch_size`` over the client's ``num_examples``
     examples (an epoch is ceil(n / batch_size) steps, the last one smaller), plain SGD with
-    ``momentum`` and ``weight_decay`` as ``torch.optim.SGD``.
+    ``momentum`` and ``weight_decay`` as ``torch.optim.SGD``. ``max_grad_norm``: the
+    minibatch gradient is clipped to this norm before the step (``clip_grad_norm_``;
+    weight decay is added after the clip, inside the optimiser), as HyperFL's phase 2.
     """
 
     lr: float
@@ -32,6 +35,7 @@ class LocalTraining:
     batch_size: int
     momentum: float = 0.0
     weight_decay: float = 0.0
+    max_grad_norm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,32 @@ class Observation:
     def fresh_model(self) -> nn.Module:
         """A private copy of the sent model (attacks may rewire modules of their copy)."""
         return copy.deepcopy(self.model)
+
+
+@dataclass(frozen=True)
+class InformedView:
+    """How an *informed* server sees the upload of a strategy whose clients keep private
+    state next to the shared model (HyperFL's v_i and ϕ_i; privacy.md §6.3 (b)).
+
+    The server is assumed to hold the target's private state as it was when the round's
+    instruction left (leaked client state: the upper bound a fair evaluation of such a
+    defense needs). A strategy registers one with ``informed=...``; the eavesdropper then
+    fetches the target's state before forwarding the round and asks the view for:
+
+    * ``check(scenario)``: raise ``ValueError`` where the upload cannot be replayed;
+    * ``model(sent, state, scenario, client, num_classes)``: a module whose named
+      parameters are the shared model's (``sent`` holds the sent weights) and whose
+      forward pass is the client's prediction with its private state fixed, so that the
+      upload is a FedAvg update of it;
+    * ``local(scenario, num_examples)``: the local SGD that produced the update;
+    * ``examples(scenario, partition_size, server_round, client)``: positions in the
+      client's partition of the examples behind the update (ground truth, metrics only).
+    """
+
+    check: Callable[[Any], None]
+    model: Callable[[nn.Module, Any, Any, int, int], nn.Module]
+    local: Callable[[Any, int], LocalTraining]
+    examples: Callable[[Any, int, int, int], list[int]]
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ class EavesdropperParams(Params):
     rounds: list[int] = Field([1], min_length=1, description="rounds whose uploads are attacked")
     targets: list[int] = Field([0], min_length=1, description="partition ids of the attacked clients")
     save_grid: bool = Field(True, description="write a PNG of originals vs reconstructions per round")
-    labels: Literal["auto", "idlg", "yin", "bias-corrected"] = Field(
-        "auto", description="label inference rule (auto: iDLG for one example, else bias-corrected)"
+    labels: Literal["auto", "idlg", "yin", "bias-corrected", "probe"] = Field(
+        "auto", description="label inference rule (auto: iDLG for one example, else bias-corrected; "
+        "probe where the upload has no class-output layer)"
     )
 
 

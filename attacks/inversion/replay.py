@@ -122,6 +122,10 @@ def compute_upload(
             before_step(t)
         loss = F.cross_entropy(functional_call(model, theta, (x[chunk],)), y[chunk])
         grads = torch.autograd.grad(loss, [theta[n] for n in names], create_graph=create_graph)
+        if local.max_grad_norm is not None:  # clip_grad_norm_'s coefficient, differentiably
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+            coef = torch.clamp(local.max_grad_norm / (norm + 1e-6), max=1.0)
+            grads = [g * coef for g in grads]
         d = [g + local.weight_decay * theta[n] if local.weight_decay else g for n, g in zip(names, grads, strict=True)]
         if local.momentum:
             buf = d if buf is None else [local.momentum * b + g for b, g in zip(buf, d, strict=True)]
