@@ -20,8 +20,10 @@ ratio, ε (formal; for SGM the secret-sketch ε, the public-sketch ε in ``ε pu
 of IG and DIA reconstructions of one upload of a target client. The attack runs use the
 same defense and noise multiplier on 30 clients that all train in round 1 (so the share of
 client-side noise matches the accuracy run's cohort of 30), each client one SGD step on one
-example; the eavesdropping server inverts client 0's upload (200 iterations). "n/a" says
-the upload is not a model update the attacks can match (a sketch, a tabular gradient).
+example; the eavesdropping server inverts client 0's upload (200 iterations). For HyperFL
+the server is informed (it holds the target's private v_i and ϕ_i; phase 1 skipped, one
+phase-2 step). "n/a" says the upload is not a model update the attacks can match (a sketch,
+a tabular gradient).
 
     python benchmarks/privacy.py [--rounds 30] [--other-rounds R] [--seed 0] [--iterations 200]
                                  [--only FedAvg,DP-FedAvg,...]
@@ -112,12 +114,19 @@ def run(sc: dict, out: str) -> tuple:
 
 def attack_scenario(sc: dict, metrics, attack: str, iterations: int) -> dict | None:
     """One round on 30 clients that all train one SGD step on one example; the server
-    inverts client 0's upload. DP rows keep the accuracy run's noise multiplier."""
-    if sc["strategy"]["name"] not in ("fedavg", "fedprox"):
+    inverts client 0's upload. DP rows keep the accuracy run's noise multiplier. HyperFL:
+    phase 1 skipped, one phase-2 step, and an informed server (it holds the target's v_i
+    and ϕ_i, privacy.md §6.3 (b))."""
+    name = sc["strategy"]["name"]
+    if name not in ("fedavg", "fedprox", "hyperfl"):
         return None
+    one_step = (
+        {"strategy": {"fraction_train": 1.0, "head_epochs": 0, "hyper_steps": 1, "batch_size": 1}}
+        if name == "hyperfl"
+        else {"strategy": {"fraction_train": 1.0}, "client": {"steps": 1, "batch_size": 1, "epochs": 1}}
+    )
     attack_sc = merge(sc, {
-        "rounds": 1, "num_clients": 30, "partition": {"name": "iid"}, "strategy": {"fraction_train": 1.0},
-        "client": {"steps": 1, "batch_size": 1, "epochs": 1},
+        "rounds": 1, "num_clients": 30, "partition": {"name": "iid"}, **one_step,
         "eavesdropper": {"name": attack, "rounds": [1], "targets": [0], "iterations": iterations},
     })
     attack_sc.pop("audit", None)
