@@ -19,8 +19,8 @@ import numpy as np
 
 from fedsim.client import fedavg_train
 from fedsim.registry import register
-from strategies.deltas import UpdateAggregation, UpdateParams
-from strategies.mifa import UpdateMemory, init_memory, remember
+from strategies.deltas import UpdateParams
+from strategies.mifa import MemoryAggregation, UpdateMemory, remember
 
 
 def fedvarp_direction(memory: UpdateMemory, participants: np.ndarray, deltas: np.ndarray) -> np.ndarray:
@@ -30,15 +30,9 @@ def fedvarp_direction(memory: UpdateMemory, participants: np.ndarray, deltas: np
     return memory.mean + (deltas - memory.updates[participants]).mean(axis=0)
 
 
-class FedVarp(UpdateAggregation):
-    def __init__(self, num_clients: int, global_lr: float, seed: int, fraction_evaluate: float = 1.0):
-        super().__init__(num_clients, global_lr, seed, fraction_evaluate)
-        self.state: UpdateMemory | None = None  # allocated when the model size is known
-
+class FedVarp(MemoryAggregation):
     def direction(self, participants: np.ndarray, deltas: np.ndarray) -> tuple[np.ndarray, dict]:
-        if self.state is None:
-            self.state = init_memory(self.num_clients, deltas.shape[1])
-        step = fedvarp_direction(self.state, participants, deltas)
+        step = fedvarp_direction(self.memory(deltas.shape[1]), participants, deltas)
         self.state = remember(self.state, participants, deltas)
         return step, {}
 

@@ -42,15 +42,22 @@ def remember(memory: UpdateMemory, participants: np.ndarray, deltas: np.ndarray)
     return UpdateMemory(memory.updates, memory.mean + change.sum(axis=0) / len(memory.updates))
 
 
-class MIFA(UpdateAggregation):
+class MemoryAggregation(UpdateAggregation):
+    """An update aggregation with the N×d memory of every client's latest update (MIFA, FedVarp)."""
+
     def __init__(self, num_clients: int, global_lr: float, seed: int, fraction_evaluate: float = 1.0):
         super().__init__(num_clients, global_lr, seed, fraction_evaluate)
         self.state: UpdateMemory | None = None  # allocated when the model size is known
 
-    def direction(self, participants: np.ndarray, deltas: np.ndarray) -> tuple[np.ndarray, dict]:
+    def memory(self, dim: int) -> UpdateMemory:
         if self.state is None:
-            self.state = init_memory(self.num_clients, deltas.shape[1])
-        self.state = remember(self.state, participants, deltas)
+            self.state = init_memory(self.num_clients, dim)
+        return self.state
+
+
+class MIFA(MemoryAggregation):
+    def direction(self, participants: np.ndarray, deltas: np.ndarray) -> tuple[np.ndarray, dict]:
+        self.state = remember(self.memory(deltas.shape[1]), participants, deltas)
         return self.state.mean.copy(), {}
 
 
