@@ -24,6 +24,7 @@ its aggregation weight is its real α_m.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from statistics import NormalDist
 from typing import Literal
 
@@ -33,11 +34,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from pydantic import Field
 
 from fedsim import registry
-from fedsim.client import POISON_KEY
+from fedsim.apps.client import POISON_KEY
 from fedsim.records import flatten, only_arrays, stack, unflatten
 from fedsim.registry import Params, register
 from fedsim.training import seed_sequence, torch_generator
-from fedsim.world import GridWrapper
+from fedsim.world.base import GridWrapper
 
 registry.add_kind("byzantine")
 
@@ -214,3 +215,9 @@ class ByzantineClients(GridWrapper):
         out = {**self.inner.take_metrics(), "byzantine_clients": sorted(self.attacked), "byzantine_weight": self.weight}
         self.attacked = []
         return out
+
+
+@register("world_layer", "byzantine", order=40,
+          description="compromised clients' replies are forged (the `byzantine:` section)")
+def byzantine_layer(setup, grid: GridWrapper, run_dir: Path) -> GridWrapper:
+    return grid if setup.scenario.byzantine is None else ByzantineClients(grid, setup)

@@ -26,11 +26,11 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from attacks.ig import Extension, invert_pixels
-from attacks.inversion import InversionAttack, Knowledge, Observation, Reconstruction
-from attacks.inversion.labels import infer_labels
-from attacks.inversion.params import PixelAttackParams
-from attacks.inversion.replay import step_slices, with_masked_dropout, num_reconstructed
+from fedsim.attacks.ig import Extension, invert_pixels
+from fedsim.attacks.inversion import InversionAttack, Knowledge, Observation, Reconstruction
+from fedsim.attacks.inversion.labels import infer_labels
+from fedsim.attacks.inversion.params import PixelAttackParams
+from fedsim.attacks.inversion.replay import step_slices, with_masked_dropout, num_reconstructed
 from fedsim.registry import register
 
 

@@ -4,7 +4,7 @@ Threat model (breaching's split, Geiping et al.): the layer sits in the world be
 strategy and the fleet and sees exactly what the server has. On the scenario's
 ``eavesdropper.rounds`` and for its ``targets`` (partition ids), it pairs each target's
 reply with the instruction the server sent it and builds an
-:class:`~attacks.inversion.Observation`: the sent model, the upload (a FedSGD gradient, or
+:class:`~fedsim.attacks.inversion.Observation`: the sent model, the upload (a FedSGD gradient, or
 a FedAvg update θ_local − θ_sent with the local hyperparameters of the scenario's
 ``client:`` section) and the number of examples behind it. The attack gets nothing else.
 
@@ -30,14 +30,15 @@ import torch
 from flwr.app import Message, MessageType, RecordDict
 from torch import nn
 
-from attacks.inversion import InformedView, Knowledge, LocalTraining, Observation
-from attacks.inversion.metrics import LPIPS_STATUS, save_grid, score
 from fedsim import registry
-from fedsim.client import fedavg_train
+from fedsim.attacks.inversion import InformedView, Knowledge, LocalTraining, Observation
+from fedsim.attacks.inversion.metrics import LPIPS_STATUS, save_grid, score
+from fedsim.apps.client import fedavg_train
 from fedsim.records import to_state_dict
+from fedsim.registry import register
 from fedsim.scenario import Scenario
 from fedsim.training import batches, derive_seed, torch_generator
-from fedsim.world import Fleet, GridWrapper
+from fedsim.world.base import Fleet, GridWrapper
 
 PIXEL_RANGE = (0.0, 1.0)  # fedsim's image datasets hold pixels in [0, 1]
 
@@ -258,6 +259,8 @@ class Eavesdropper(GridWrapper):
         return out
 
 
+@register("world_layer", "eavesdropper", order=30,
+          description="honest-but-curious server inverting target clients' uploads (`eavesdropper:`)")
 def build(setup, grid: GridWrapper, run_dir: Path) -> GridWrapper:
     """Wrap ``grid`` with the scenario's eavesdropper, if it has one."""
     if setup.scenario.eavesdropper is None:

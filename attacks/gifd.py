@@ -31,12 +31,12 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from attacks.inversion import InversionAttack, Knowledge, Observation, Reconstruction
-from attacks.inversion.labels import infer_labels
-from attacks.inversion.objective import LoopConfig, gradient_match, optimise, total_variation
-from attacks.inversion.params import EavesdropperParams
-from attacks.inversion.prior import DecoderPrior, PriorConfig, default_cache_dir, load_or_train, to_shape
-from attacks.inversion.replay import compute_upload, num_reconstructed
+from fedsim.attacks.inversion import InversionAttack, Knowledge, Observation, Reconstruction
+from fedsim.attacks.inversion.labels import infer_labels
+from fedsim.attacks.inversion.objective import LoopConfig, gradient_match, optimise, total_variation
+from fedsim.attacks.inversion.params import EavesdropperParams
+from fedsim.attacks.inversion.prior import DecoderPrior, PriorConfig, default_cache_dir, load_or_train, to_shape
+from fedsim.attacks.inversion.replay import compute_upload, num_reconstructed
 from fedsim.registry import register
 from fedsim.training import torch_generator
 
@@ -88,7 +88,7 @@ class GIFDParams(EavesdropperParams):
 def public_images(knowledge: Knowledge, params: GIFDParams) -> tuple[torch.Tensor, dict]:
     """The prior's training images, disjoint from every client's: the task's test split, or
     all images of another dataset; converted to the task's input shape."""
-    from fedsim.data import load_dataset
+    from fedsim.data.datasets import load_dataset
 
     if params.prior_dataset == knowledge.dataset:
         raise ValueError(

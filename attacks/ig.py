@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from attacks.inversion import InversionAttack, Knowledge, Observation, Reconstruction
-from attacks.inversion.labels import infer_labels
-from attacks.inversion.objective import LoopConfig, gradient_match, optimise, total_variation
-from attacks.inversion.params import PixelAttackParams
-from attacks.inversion.replay import compute_upload, num_reconstructed
+from fedsim.attacks.inversion import InversionAttack, Knowledge, Observation, Reconstruction
+from fedsim.attacks.inversion.labels import infer_labels
+from fedsim.attacks.inversion.objective import LoopConfig, gradient_match, optimise, total_variation
+from fedsim.attacks.inversion.params import PixelAttackParams
+from fedsim.attacks.inversion.replay import compute_upload, num_reconstructed
 from fedsim.registry import register
 from fedsim.training import torch_generator
 

@@ -2,7 +2,7 @@
 
 Without running the federation, the scenario's target clients each receive the initial
 global model (round 1), run the strategy's real client handler on their partition, and the
-server's :class:`~attacks.eavesdropper.Attacker` inverts the reply exactly as the
+server's :class:`~fedsim.attacks.eavesdropper.Attacker` inverts the reply exactly as the
 eavesdropper layer does inside a run (same observation, same attack, same metrics).
 Writes ``attack.jsonl``, the image grid and the resolved scenario into a run directory.
 """
@@ -15,15 +15,19 @@ import torch
 import yaml
 from flwr.app import ConfigRecord, RecordDict
 
-from attacks.eavesdropper import Attacker, round_metrics
+from fedsim.attacks.eavesdropper import Attacker, round_metrics
 from fedsim import registry
-from fedsim.client import ClientEnv, fedavg_train
-from fedsim.experiment import prepare
+from fedsim.apps.client import ClientEnv, fedavg_train
+from fedsim.apps.setup import prepare
 from fedsim.recorder import new_run_dir
 from fedsim.records import to_record
 from fedsim.scenario import Scenario
 
 
+registry.add_kind("command")
+
+
+@registry.register("command", "attack", description="attack one client step standalone (`fedsim attack`)")
 def attack_one_step(scenario: Scenario) -> tuple[list[dict], dict, object]:
     """Attack each target's round-1 upload; returns (results, summary metrics, run dir).
 

@@ -33,8 +33,8 @@ from rich.console import Console
 from rich.table import Table
 
 import fedsim
-from fedsim.certs import generate
-from fedsim.cluster import LocalCluster
+from fedsim.runtimes.certs import generate
+from fedsim.runtimes.cluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "scenarios" / "noniid.yaml"

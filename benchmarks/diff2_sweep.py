@@ -6,7 +6,7 @@ norm and test loss at ε ∈ {3, 5}, with C1, C2 from {1, 3, 10, 30, 100}, T fro
 privacy-accounted. Here, on two CPU cores: 10 IID clients, fc10, R rounds, both methods
 with noise calibrated to spend ε exactly (``noise: calibrated``), and for each the best
 setting of a grid (DP-GD: C1 × η; DIFF2: T × C1 × C2 × η) by final test accuracy
-(classification) or test MSE (regression). Runs use ``defenses.diff2.simulate``, the same
+(classification) or test MSE (regression). Runs use ``fedsim.defenses.diff2.simulate``, the same
 rounds as a fedsim run without messages (tested equal).
 
 Rows: method, setting, metric, value, DP-GD's value (baseline), ratio; one seed.
@@ -25,8 +25,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from defenses.diff2 import Diff2Params, make_rule, simulate
-from fedsim.experiment import prepare
+from fedsim.defenses.diff2 import Diff2Params, make_rule, simulate
+from fedsim.apps.setup import prepare
 from fedsim.scenario import load
 from fedsim.training import evaluate
 

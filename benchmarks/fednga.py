@@ -43,15 +43,15 @@ import torch  # noqa: E402
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict  # noqa: E402
 
 import fedsim  # noqa: E402
-from attacks.byzantine import compromised_clients  # noqa: E402
+from fedsim.attacks.byzantine import compromised_clients  # noqa: E402
 from fedsim import registry  # noqa: E402
-from fedsim.experiment import prepare  # noqa: E402
+from fedsim.apps.setup import prepare  # noqa: E402
 from fedsim.records import num_examples, stack  # noqa: E402
-from fedsim.runtime import _set_task_identity  # noqa: E402
+from fedsim.runtimes.inprocess import _set_task_identity  # noqa: E402
 from flwr.serverapp.strategy.fedtrimmedavg import trim_mean  # noqa: E402
 from flwr.serverapp.strategy.multikrum import select_multikrum  # noqa: E402
-from strategies.fednga import normalized_average  # noqa: E402
-from strategies.robust import centered_clip, geometric_median  # noqa: E402
+from fedsim.strategies.fednga import normalized_average  # noqa: E402
+from fedsim.strategies.robust import centered_clip, geometric_median  # noqa: E402
 
 METHODS = ["fednga", "mean", "median", "trimmed_mean", "krum", "multikrum", "geomed", "cclip"]
 ATTACKS = ["gaussian", "all_ones", "sign_flip", "lie", "foe", "label_flip"]

@@ -17,9 +17,9 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from fedsim.data import load_dataset
+from fedsim.data.datasets import load_dataset
 from fedsim.models import build_model
-from fedsim.partition import make_partitions
+from fedsim.data.partition import make_partitions
 from fedsim.registry import get
 from fedsim.training import evaluate, local_sgd, torch_generator
 

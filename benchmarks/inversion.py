@@ -43,14 +43,14 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from attacks.dia import DIAParams, DropoutInversion, well_informed  # noqa: E402
-from attacks.gifd import GIFDParams, gifd  # noqa: E402
-from attacks.ig import InvertingGradients  # noqa: E402
-from attacks.inversion import Knowledge, LocalTraining, Observation  # noqa: E402
-from attacks.inversion.metrics import save_grid, score  # noqa: E402
-from attacks.inversion.params import PixelAttackParams  # noqa: E402
-from attacks.inversion.replay import client_step  # noqa: E402
-from fedsim.data import load_dataset  # noqa: E402
+from fedsim.attacks.dia import DIAParams, DropoutInversion, well_informed  # noqa: E402
+from fedsim.attacks.gifd import GIFDParams, gifd  # noqa: E402
+from fedsim.attacks.ig import InvertingGradients  # noqa: E402
+from fedsim.attacks.inversion import Knowledge, LocalTraining, Observation  # noqa: E402
+from fedsim.attacks.inversion.metrics import save_grid, score  # noqa: E402
+from fedsim.attacks.inversion.params import PixelAttackParams  # noqa: E402
+from fedsim.attacks.inversion.replay import client_step  # noqa: E402
+from fedsim.data.datasets import load_dataset  # noqa: E402
 from fedsim.models import build_model  # noqa: E402
 from fedsim.training import derive_seed, torch_generator  # noqa: E402
 

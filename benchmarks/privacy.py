@@ -16,7 +16,7 @@ with dropout 0.1, 10% of the clients per round, 30 rounds):
 
 Columns: method, setting, metric, value, baseline (FedAvg's value; DP-GD's for DIFF2),
 ratio, ε (formal; for SGM the secret-sketch ε, the public-sketch ε in ``ε public``),
-ε audit (one-shot canary clients, ``fedsim.audit``, on the final model), and PSNR/SSIM
+ε audit (one-shot canary clients, ``fedsim.world.audit``, on the final model), and PSNR/SSIM
 of IG and DIA reconstructions of one upload of a target client. The attack runs use the
 same defense and noise multiplier on 30 clients that all train in round 1 (so the share of
 client-side noise matches the accuracy run's cohort of 30), each client one SGD step on one

@@ -58,13 +58,13 @@ from pydantic import Field
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from fedsim.client import ClientEnv
+from fedsim.apps.client import ClientEnv
 from fedsim.privacy import diff2_calibrated_sigmas, diff2_epsilon, diff2_sigmas
 from fedsim.registry import Params, register
 from fedsim.state import Checkpointable
 from fedsim.training import task_loss, torch_generator
-from strategies.fedavg import FedAvg
-from strategies.stateful import check_parameters_only, model_vector, successful, to_arrays, to_vector
+from fedsim.strategies.fedavg import FedAvg
+from fedsim.strategies.stateful import check_parameters_only, model_vector, successful, to_arrays, to_vector
 
 PREV_KEY = "prev"  # the record holding x_prev in difference rounds
 NOISE_PURPOSE = "diff2-noise"

@@ -42,7 +42,7 @@ from flwr.app import Message, MessageType, RecordDict
 from pydantic import Field, model_validator
 
 from fedsim import privacy, registry
-from fedsim.client import ClientEnv
+from fedsim.apps.client import ClientEnv
 from fedsim.records import flatten, stack, unflatten
 from fedsim.registry import Params, register
 from fedsim.state import Checkpointable

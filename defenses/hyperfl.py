@@ -56,13 +56,13 @@ from pydantic import Field
 from torch import nn
 from torch.func import functional_call
 
-from attacks.inversion import InformedView, LocalTraining
-from fedsim.client import ClientEnv
+from fedsim.attacks.inversion import InformedView, LocalTraining
+from fedsim.apps.client import ClientEnv
 from fedsim.records import to_record
 from fedsim.registry import Params, register
 from fedsim.training import batches, torch_generator
-from strategies.fedavg import FedAvg, FedAvgParams, sampling_kwargs
-from strategies.stateful import record_vector, save_state
+from fedsim.strategies.fedavg import FedAvg, FedAvgParams, sampling_kwargs
+from fedsim.strategies.stateful import record_vector, save_state
 
 V_KEY = "hyperfl.v"  # the client's embedding v_i (Context.state)
 HEAD_KEY = "hyperfl.head"  # the client's classifier head ϕ_i, flat [weight, bias]

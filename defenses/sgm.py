@@ -49,7 +49,7 @@ the L2 norm; it de-sketches on the server; it has no accountant.
 
 Canary audits: when the client's ``env`` carries a ``canary`` (a flat tensor over the
 trainable parameters), the client skips local training and acts as if it had trained to
-θ_t + canary, as every canary does in fedsim (``fedsim.audit``): Δ = θ_t − θ_{c,K} = −canary.
+θ_t + canary, as every canary does in fedsim (``fedsim.world.audit``): Δ = θ_t − θ_{c,K} = −canary.
 """
 
 from __future__ import annotations
@@ -62,13 +62,14 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from pydantic import Field, model_validator
 
-from fedsim import client, privacy
-from fedsim.client import ClientEnv
+from fedsim import privacy
+from fedsim.apps import client
+from fedsim.apps.client import ClientEnv
 from fedsim.registry import register
 from fedsim.state import Checkpointable
 from fedsim.training import derive_seed, torch_generator
-from strategies.fedavg import FedAvg, FedAvgParams, sampling_kwargs
-from strategies.stateful import (
+from fedsim.strategies.fedavg import FedAvg, FedAvgParams, sampling_kwargs
+from fedsim.strategies.stateful import (
     check_parameters_only,
     model_vector,
     record_vector,

@@ -46,8 +46,8 @@ def run(file: ScenarioFile, overrides: Overrides = None) -> None:
 def _execute(job) -> None:
     """Run a job; a divergence or a deployment that could not finish exits 1, a data or
     set-up problem 2, each with one message."""
-    from fedsim.deployment import DeploymentError
-    from fedsim.experiment import Diverged
+    from fedsim.runtimes.deployment import DeploymentError
+    from fedsim.apps.server import Diverged
 
     try:
         job()
@@ -116,8 +116,9 @@ def report(
 @app.command()
 def attack(file: ScenarioFile, overrides: Overrides = None) -> None:
     """Run the scenario's eavesdropper attack standalone on one client step (round 1)."""
-    from attacks.standalone import attack_one_step
+    from fedsim import registry
 
+    attack_one_step = registry.get("command", "attack").factory
     scenario = _load(file, overrides)
     try:
         results, _, run_dir = attack_one_step(scenario)
@@ -165,8 +166,8 @@ def list_components() -> None:
 @app.command()
 def partitions(file: ScenarioFile, overrides: Overrides = None) -> None:
     """Print each client's number of examples and label histogram."""
-    from fedsim.data import load_dataset
-    from fedsim.partition import label_histograms, make_partitions
+    from fedsim.data.datasets import load_dataset
+    from fedsim.data.partition import label_histograms, make_partitions
 
     sc = _load(file, overrides)
     try:
@@ -190,7 +191,7 @@ def partitions(file: ScenarioFile, overrides: Overrides = None) -> None:
 @app.command(name="plot-weights")
 def plot_weights(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> None:
     """Plot a FedAU run's estimated weights against the true 1/p_n (fedau_weights.png)."""
-    from fedsim.participation import plot_weights as plot
+    from fedsim.world.participation import plot_weights as plot
 
     missing = [f for f in ("participation.json", "fedau_weights.json") if not (run_dir / f).exists()]
     if missing:
@@ -207,7 +208,7 @@ def certs(
     days: Annotated[int, typer.Option(help="validity of the CA and server certificate")] = 365,
 ) -> None:
     """Write a CA, the SuperLink's TLS certificate and SuperNode keys (kept when present)."""
-    from fedsim.certs import generate, server_hosts
+    from fedsim.runtimes.certs import generate, server_hosts
 
     c = generate(directory, nodes=nodes, hosts=tuple(host or ()), days=days)
     out.print(f"CA {c.ca_cert}; SuperLink certificate {c.server_cert} for {', '.join(sorted(server_hosts(c)))}")
@@ -229,8 +230,8 @@ def cluster_up(
     node_auth: Annotated[bool, typer.Option(help="SuperNode authentication (TLS only)")] = True,
 ) -> None:
     """Start a SuperLink and N SuperNodes on 127.0.0.1; prints the runtime overrides to use."""
-    from fedsim.certs import generate
-    from fedsim.cluster import STATE_FILE, LocalCluster
+    from fedsim.runtimes.certs import generate
+    from fedsim.runtimes.cluster import STATE_FILE, LocalCluster
 
     if (directory / STATE_FILE).exists():
         err.print(f"[red]error:[/red] a cluster is up in {directory}: fedsim cluster down --dir {directory}")
@@ -250,7 +251,7 @@ def cluster_up(
 @cluster_app.command("down")
 def cluster_down(directory: ClusterDir = Path(".fedsim-cluster")) -> None:
     """Stop the cluster started in this state directory (by the process ids it recorded)."""
-    from fedsim.cluster import LocalCluster
+    from fedsim.runtimes.cluster import LocalCluster
 
     try:
         cluster = LocalCluster.load(directory)
@@ -269,8 +270,8 @@ def cluster_register(
     timeout: Annotated[float, typer.Option(help="seconds to wait for the SuperLink")] = 120.0,
 ) -> None:
     """Register SuperNode public keys with a SuperLink started with --enable-supernode-auth."""
-    from fedsim.cluster import wait_for_superlink
-    from fedsim.deployment import register_nodes
+    from fedsim.runtimes.cluster import wait_for_superlink
+    from fedsim.runtimes.deployment import register_nodes
 
     if root_certificates is None:
         err.print("[red]error:[/red] node registration needs TLS: --root-certificates CA")
@@ -294,7 +295,7 @@ def compose(
     image: Annotated[str, typer.Option(help="the fedsim image (built from ./Dockerfile)")] = "fedsim:latest",
 ) -> None:
     """Print a Docker compose file: SuperLink, one SuperNode per client, and the run."""
-    from fedsim.cluster import compose_yaml
+    from fedsim.runtimes.cluster import compose_yaml
 
     sc = _load(file, overrides)
     print(compose_yaml(str(file), list(overrides or []), sc.num_clients, image), end="")

@@ -1,292 +1,24 @@
-"""One federated run: build the world from a scenario, run the ServerApp on a runtime, record.
-
-The ServerApp's ``main`` sets the fleet up, then drives the strategy through Flower's
-Message-API calls (``configure_train`` → ``send_and_receive`` → ``aggregate_train``, and the
-same for federated evaluation), evaluating the global model on the held-out test set every
-``eval_every`` rounds and recording one row per round.
-"""
+"""Run a scenario on its runtime: ``inprocess`` and ``ray`` launch the ServerApp built by
+:func:`fedsim.apps.server.execute` here; ``deployment`` submits it to a SuperLink."""
 
 from __future__ import annotations
 
-import copy
-import json
-import logging
-import math
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context
-from flwr.serverapp import Grid, ServerApp
-from torch import nn
+from fedsim.apps import client
+from fedsim.apps.server import RunResult, execute
+from fedsim.runtimes.deployment import submit
+from fedsim.runtimes.inprocess import run_inprocess
+from fedsim.runtimes.ray import run_ray
+from fedsim.scenario import DeploymentRuntime, Scenario, load
 
-from fedsim import checkpoint, client, participation, registry
-from fedsim.clock import VirtualClock
-from fedsim.data import Dataset, load_dataset
-from fedsim.decentralized import DecentralizedLoop, DecentralizedStrategy
-from fedsim.faults import FaultLayer
-from fedsim.models import build_model
-from fedsim.partition import make_partitions
-from fedsim.recorder import Recorder
-from fedsim.records import to_record, to_state_dict
-from fedsim.runtime import RUNTIMES
-from fedsim.scenario import DeploymentRuntime, Scenario
-from fedsim.state import Checkpointable
-from fedsim.training import derive_seed, evaluate
-from fedsim.world import Fleet, GridWrapper
-
-
-@dataclass
-class ServerSetup:
-    """What the server side knows when it builds a strategy."""
-
-    scenario: Scenario
-    dataset: Dataset
-    partitions: list[np.ndarray]
-    model: nn.Module  # the initial global model (seeded)
-
-    @property
-    def partition_sizes(self) -> list[int]:
-        return [len(p) for p in self.partitions]
-
-
-@dataclass
-class RunResult:
-    scenario: Scenario
-    metrics: pd.DataFrame
-    model: nn.Module | None  # None when a deployment's run directory is on another host
-    run_dir: Path
-
-    @property
-    def final_accuracy(self) -> float:
-        return float(self.metrics["test_acc"].dropna().iloc[-1])
-
-
-def prepare(scenario: Scenario) -> ServerSetup:
-    """Dataset, partitions and the seeded initial model of a scenario."""
-    ds = load_dataset(scenario.dataset.name, scenario.dataset.raw_params(), scenario.seed)
-    parts = make_partitions(
-        scenario.partition.name, scenario.partition.params, ds.y_train, scenario.num_clients, scenario.seed, ds.groups
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(derive_seed(scenario.seed, "model-init"))
-        model = build_model(scenario.model.name, scenario.model.raw_params(), ds.input_shape, ds.num_classes)
-    return ServerSetup(scenario, ds, parts, model)
-
-
-class Diverged(RuntimeError):
-    """The run stopped because a loss became NaN or exploded; what was recorded is kept."""
-
-
-class FederatedLoop:
-    """The server's round loop: a strategy driving the world's grid."""
-
-    def __init__(self, setup: ServerSetup, strategy, grid: GridWrapper, fleet: Fleet, recorder: Recorder):
-        self.setup = setup
-        self.scenario = setup.scenario
-        self.strategy = strategy
-        self.grid = grid  # the world as the strategy sees it
-        self.fleet = fleet  # the world's innermost layer (the clients themselves)
-        self.recorder = recorder
-        self.model = setup.model
-        self.initial = copy.deepcopy(setup.model) if setup.scenario.audit is not None else None  # θ_0
-        self.x_test = torch.from_numpy(setup.dataset.x_test)
-        self.y_test = torch.from_numpy(setup.dataset.y_test)
-
-    def run(self, start_round: int = 1) -> ArrayRecord:
-        arrays = to_record(self.model.state_dict())
-        every = self.scenario.output.checkpoint_every
-        for rnd in range(start_round, self.scenario.rounds + 1):
-            arrays = self.round(rnd, arrays)
-            if every and (rnd % every == 0 or rnd == self.scenario.rounds):
-                self.checkpoint(rnd, arrays)
-        self.model.load_state_dict(to_state_dict(arrays))
-        # end-of-run records of the world and the strategy (ground truth, final estimates)
-        strategy_artifacts = getattr(self.strategy, "artifacts", dict)
-        for name, record in {**self.grid.artifacts(), **strategy_artifacts()}.items():
-            self.recorder.write_json(name, record)
-        if self.initial is not None:
-            from fedsim.audit import final_audit
-
-            self.recorder.write_json("audit", final_audit(self.scenario, self.initial, self.model))
-        return arrays
-
-    def checkpoint(self, rnd: int, arrays: ArrayRecord) -> None:
-        """Everything a resumed run needs to continue exactly (fedsim.checkpoint)."""
-        strategy_state = self.strategy.state_dict() if isinstance(self.strategy, Checkpointable) else {}
-        checkpoint.save(self.recorder.dir, {
-            "round": rnd,
-            "global": dict(to_state_dict(arrays)),
-            "strategy": strategy_state,
-            "world": self.grid.world_state(),
-            "clients": {pid: checkpoint.record_to_tree(rec) for pid, rec in self.fleet.client_states().items()},
-        })
-
-    def restore(self, state: dict) -> int:
-        """Put a checkpoint's state back in place; returns the round to continue from."""
-        self.model.load_state_dict(state["global"])
-        if isinstance(self.strategy, Checkpointable):
-            self.strategy.load_state_dict(state["strategy"])
-        self.grid.load_world_state(state["world"])
-        self.fleet.restore_client_states({pid: checkpoint.tree_to_record(t) for pid, t in state["clients"].items()})
-        return state["round"] + 1
-
-    def _check_divergence(self, row: dict) -> None:
-        bad = {k: row.get(k) for k in ("train_loss", "test_loss")}
-        bad = {k: v for k, v in bad.items() if v is not None and not (math.isfinite(v) and v <= self.scenario.evaluation.max_loss)}
-        if bad:
-            what = ", ".join(f"{k} = {v}" for k, v in bad.items())
-            raise Diverged(f"round {row['round']}: the run diverged ({what}; evaluation.max_loss = "
-                           f"{self.scenario.evaluation.max_loss:g}); metrics up to this round are in {self.recorder.dir}")
-
-    def round(self, rnd: int, arrays: ArrayRecord) -> ArrayRecord:
-        start = time.perf_counter()
-        sc = self.scenario
-        self.grid.start_round(rnd)
-        messages = list(self.strategy.configure_train(rnd, arrays, ConfigRecord(), self.grid))
-        replies = self.grid.send_and_receive(messages)
-        agg_start = time.perf_counter()
-        new_arrays, train_metrics = self.strategy.aggregate_train(rnd, replies)
-        agg_seconds = time.perf_counter() - agg_start
-        if new_arrays is not None:
-            arrays = new_arrays
-        failed = [self.grid.partition_of(r) for r in replies if r.has_error()]
-        row = {
-            "round": rnd,
-            "train_loss": _metric(train_metrics, "train_loss"),
-            "test_loss": None,
-            "test_acc": None,
-            "clients_sampled": len(messages),
-            "clients_replied": len(replies) - len(failed),
-            "failed_clients": failed,
-        }
-        # whatever else the strategy reports (weight spreads, memory, ...)
-        row.update({k: v for k, v in (train_metrics or {}).items() if k not in row and k != "num-examples"})
-        if sc.evaluation.federated:
-            eval_msgs = list(self.strategy.configure_evaluate(rnd, arrays, ConfigRecord(), self.grid))
-            fed = self.strategy.aggregate_evaluate(rnd, self.grid.send_and_receive(eval_msgs))
-            row["fed_loss"], row["fed_acc"] = _metric(fed, "eval_loss"), _metric(fed, "eval_acc")
-        # personalised strategies (HyperFL) have no global predictor: fed_acc is their metric
-        personalized = getattr(self.strategy, "personalized", False)
-        if (rnd % sc.evaluation.eval_every == 0 or rnd == sc.rounds) and not personalized:
-            self.model.load_state_dict(arrays.to_torch_state_dict())
-            row["test_loss"], row["test_acc"] = evaluate(
-                self.model, self.x_test, self.y_test, sc.evaluation.batch_size
-            )
-        row.update(self.grid.take_metrics())
-        row["aggregate_seconds"] = agg_seconds
-        row["seconds"] = time.perf_counter() - start
-        self.recorder.log(row)
-        self._check_divergence(row)
-        return arrays
-
-
-def _metric(record, key: str) -> float | None:
-    if record is None or key not in record:
-        return None
-    return float(record[key])
-
-
-def build_world(setup: ServerSetup, fleet: Fleet, run_dir: Path) -> GridWrapper:
-    """Stack the scenario's world layers on the fleet; the strategy talks to the top one.
-
-    Order, strategy side first: participation → faults → byzantine → eavesdropper → canary
-    audit → virtual clock (with a ``network:`` section) → fleet.
-    """
-    from attacks import eavesdropper
-
-    grid: GridWrapper = fleet
-    if setup.scenario.network is not None:
-        grid = VirtualClock(grid, setup)  # innermost: it times what actually crossed the wire
-    if setup.scenario.audit is not None:
-        from fedsim.audit import CanaryLayer
-
-        grid = CanaryLayer(grid, setup.scenario)
-    grid = eavesdropper.build(setup, grid, run_dir)
-    if setup.scenario.byzantine is not None:
-        from attacks.byzantine import ByzantineClients
-
-        grid = ByzantineClients(grid, setup)
-    if setup.scenario.faults is not None:
-        grid = FaultLayer(grid, setup.scenario.faults, setup.scenario.seed)
-    if setup.scenario.participation is not None:
-        grid = participation.ParticipationLayer(grid, participation.make_process(setup))
-    return grid
-
-
-def make_fleet(grid: Grid, scenario: Scenario) -> Fleet:
-    """The innermost world layer over a runtime's grid; real networks get timeouts."""
-    rt = scenario.runtime
-    if isinstance(rt, DeploymentRuntime):
-        return Fleet(grid, scenario.num_clients, timeout=rt.round_timeout, poll_interval=rt.poll_interval)
-    return Fleet(grid, scenario.num_clients)
-
-
-def make_server_app(setup: ServerSetup, recorder: Recorder, resume: dict | None = None) -> ServerApp:
-    """A ServerApp closed over this run's setup and recorder; ``resume`` is a checkpoint to
-    continue from."""
-    entry = registry.get("strategy", setup.scenario.strategy.name)
-    strategy = entry.factory(setup.scenario.strategy.params, setup)
-    if setup.scenario.defense is not None:  # a server-side wrapper around the strategy
-        defense = setup.scenario.defense
-        strategy = registry.get("defense", defense.name).factory(defense.params, strategy, setup)
-    scenario_json = json.dumps(setup.scenario.to_dict(), sort_keys=True)
-    rt = setup.scenario.runtime
-    connect_s = rt.connect_timeout if isinstance(rt, DeploymentRuntime) else 300.0
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        fleet = make_fleet(grid, setup.scenario)
-        fleet.connect(scenario_json, setup.partitions, wait_s=connect_s)
-        if isinstance(strategy, DecentralizedStrategy):  # the ServerApp plays the network
-            if resume:
-                raise ValueError("resuming decentralized runs is not supported (no checkpoint of node models)")
-            DecentralizedLoop(setup, strategy, fleet, recorder).run()
-        else:
-            loop = FederatedLoop(setup, strategy, build_world(setup, fleet, recorder.dir), fleet, recorder)
-            loop.run(loop.restore(resume) if resume else 1)
-
-    return app
-
-
-def execute(scenario: Scenario, launch: Callable[[ServerApp], None], run_dir: Path | None = None,
-            resume: bool = False) -> RunResult:
-    """Build the run's ServerApp, hand it to ``launch`` (which runs it on a grid), record.
-
-    Every runtime takes this path: ``inprocess`` and ``ray`` launch the app from here; on
-    a deployment, fedsim's Flower ServerApp (``fedsim.deploy``) calls this inside the
-    SuperLink's ServerApp process with the grid Flower gives it. With ``resume``, the run
-    in ``run_dir`` continues from its last checkpoint. A run that diverges raises
-    ``Diverged`` after its files are written.
-    """
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-    setup = prepare(scenario)
-    state = checkpoint.load(run_dir) if resume else None
-    recorder = Recorder(scenario, run_dir, resume_round=state["round"] if state else 0)
-    try:
-        launch(make_server_app(setup, recorder, state))
-    except Diverged:
-        recorder.finish(None)
-        raise
-    finally:
-        recorder.close()
-    metrics = recorder.finish(setup.model)
-    if scenario.output.plot and scenario.participation is not None:
-        participation.plot_weights(recorder.dir)  # estimated weights vs 1/p_n, when a strategy wrote them
-    return RunResult(scenario, metrics, setup.model, recorder.dir)
+RUNTIMES = {"inprocess": run_inprocess, "ray": run_ray}
 
 
 def run_scenario(scenario: Scenario, resume_dir: Path | None = None) -> RunResult:
     """Run one validated scenario on its runtime (or continue ``resume_dir`` from its last
     checkpoint); returns metrics, final model, run dir."""
     if isinstance(scenario.runtime, DeploymentRuntime):
-        from fedsim.deployment import submit
-
         if resume_dir is not None:
             raise ValueError("resuming a deployment run is not supported; resume it on inprocess or ray")
         return submit(scenario)
@@ -297,7 +29,5 @@ def run_scenario(scenario: Scenario, resume_dir: Path | None = None) -> RunResul
 
 def resume_run(run_dir: str | Path) -> RunResult:
     """Continue a run from its last checkpoint (``fedsim resume RUN_DIR``)."""
-    from fedsim.scenario import load
-
     run_dir = Path(run_dir)
     return run_scenario(load(run_dir / "scenario.yaml"), resume_dir=run_dir)

@@ -98,7 +98,7 @@ class Recorder:
         if self.scenario.output.save_model and model is not None:
             torch.save(model.state_dict(), self.dir / "model.pt")
         summary = summarize(df)
-        if (self.dir / "audit.json").exists():  # fedsim.audit's estimate, next to the formal ε
+        if (self.dir / "audit.json").exists():  # fedsim.world.audit's estimate, next to the formal ε
             summary["audit"] = json.loads((self.dir / "audit.json").read_text())
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=1))
         if self.scenario.output.progress:

@@ -126,3 +126,8 @@ def only_arrays(content: RecordDict) -> tuple[str, ArrayRecord]:
 def num_examples(content: RecordDict, key: str = "num-examples") -> float:
     """A reply's weight: ``key`` of its (one) MetricRecord."""
     return float(next(iter(content.metric_records.values()))[key])
+
+
+def index_array(indices: np.ndarray) -> Array:
+    """A partition's example indices as an int64 ``Array`` (the setup message's payload)."""
+    return Array(np.ascontiguousarray(indices, dtype=np.int64))

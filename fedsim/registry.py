@@ -19,23 +19,28 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-KINDS = ("dataset", "partitioner", "model", "strategy")
+KINDS = ("dataset", "partitioner", "model", "strategy", "world_layer")
 PLUGIN_GROUP = "fedsim.plugins"
 
 # Modules whose import registers the built-in components.
 _BUILTIN_MODULES = (
-    "fedsim.data",
-    "fedsim.partition",
+    "fedsim.data.datasets",
+    "fedsim.data.partition",
+    "fedsim.data.images",
     "fedsim.models",
-    "fedsim.participation",
-    "fedsim.topology",
-    "fedsim.imagedata",
-    "strategies",
-    "attacks.byzantine",
-    "attacks.ig",
-    "attacks.dia",
-    "attacks.gifd",
-    "defenses",
+    "fedsim.world.clock",
+    "fedsim.world.audit",
+    "fedsim.world.faults",
+    "fedsim.world.participation",
+    "fedsim.world.topology",
+    "fedsim.strategies",
+    "fedsim.attacks.byzantine",
+    "fedsim.attacks.eavesdropper",
+    "fedsim.attacks.ig",
+    "fedsim.attacks.dia",
+    "fedsim.attacks.gifd",
+    "fedsim.attacks.standalone",
+    "fedsim.defenses",
 )
 
 

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
 from fedsim import registry
-from fedsim.network import ChurnEvent, NetworkParams
+from fedsim.world.network import ChurnEvent, NetworkParams
 
 
 class ScenarioError(Exception):
@@ -140,7 +140,7 @@ Runtime = Annotated[InProcessRuntime | RayRuntime | DeploymentRuntime, Field(dis
 
 
 class Faults(_Strict):
-    """Injected faults (fedsim.faults): crashing clients and stragglers."""
+    """Injected faults (fedsim.world.faults): crashing clients and stragglers."""
 
     crash_probability: float = Field(0.0, ge=0, le=1)
     straggler_probability: float = Field(0.0, ge=0, le=1)
@@ -149,7 +149,7 @@ class Faults(_Strict):
 
 
 class Audit(_Strict):
-    """One-shot canary-client audit (fedsim.audit; Andrew et al., ICLR 2024): ``canaries``
+    """One-shot canary-client audit (fedsim.world.audit; Andrew et al., ICLR 2024): ``canaries``
     clients upload C·u_j instead of training; the final model's cosine with each inserted
     u_j, against ``held_out`` directions never inserted, gives an empirical ε lower bound."""
 
@@ -179,18 +179,18 @@ class Scenario(_Strict):
     partition: Component = Component(name="iid")
     model: Component = Component(name="mlp")
     strategy: Component = Component(name="fedavg")
-    faults: Faults | None = None  # injected client crashes and stragglers (fedsim.faults)
-    participation: Component | None = None  # exogenous client availability (fedsim.participation)
+    faults: Faults | None = None  # injected client crashes and stragglers (fedsim.world.faults)
+    participation: Component | None = None  # exogenous client availability (fedsim.world.participation)
     byzantine: Component | None = Field(None, description="compromised clients and their attack")
     client: ClientTraining = ClientTraining()
     eavesdropper: Component | None = None  # gradient inversion by the server (kind "inversion")
     defense: Component | None = None  # a privacy defense wrapping the strategy (kind "defense")
-    audit: Audit | None = None  # canary-client privacy audit (fedsim.audit)
+    audit: Audit | None = None  # canary-client privacy audit (fedsim.world.audit)
     evaluation: Evaluation = Evaluation()
     runtime: Runtime = InProcessRuntime()
     output: Output = Output()
     sweep: dict[str, list[Any]] | None = Field(None, description="dotted key -> values; run with fedsim sweep")
-    # decentralized runs (fedsim.topology, fedsim.network)
+    # decentralized runs (fedsim.world.topology, fedsim.world.network)
     topology: Component | None = None
     network: NetworkParams | None = None
     churn: list[ChurnEvent] = []
@@ -379,7 +379,7 @@ def _decentralized_only(scenario: Scenario, data: dict) -> list[dict]:
         ]
     errors = []
     if scenario.topology is not None and scenario.topology._params is not None:
-        from fedsim.topology import build_topology
+        from fedsim.world.topology import build_topology
 
         try:
             build_topology(scenario.topology, scenario.num_clients, scenario.seed).mixing(1)

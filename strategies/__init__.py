@@ -1,6 +1,6 @@
 """Built-in strategies: one module per algorithm; importing this package registers them."""
 
-from strategies import (  # noqa: F401
+from fedsim.strategies import (  # noqa: F401
     dfedsam,
     dpsgd,
     fedau,

@@ -3,7 +3,7 @@
 The FedAU family (FedAU, its FedAvg baselines, the known-probability oracle, MIFA,
 FedVarp) shares one round structure (IBM/fedau ``main.py``): every reachable client runs
 plain local SGD from the global model x and returns its model y_n (the FedAvg client,
-``fedsim.client.fedavg_train``); the server computes Δ_n = y_n − x itself, against the
+``fedsim.apps.client.fedavg_train``); the server computes Δ_n = y_n − x itself, against the
 model it sent, forms an aggregated direction from the updates of the participants S_t
 and steps x ← x + η·direction. The participants are identified by partition id, through
 the grid, never by Flower node id; N is the size of the client population, which the

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from fedsim.client import ClientEnv
+from fedsim.apps.client import ClientEnv
 from fedsim.registry import register
 from fedsim.training import batches
-from strategies.dpsgd import Gossip, GossipParams, round_lr
+from fedsim.strategies.dpsgd import Gossip, GossipParams, round_lr
 
 
 class DFedSAMParams(GossipParams):

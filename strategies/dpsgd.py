@@ -1,7 +1,7 @@
 """D-PSGD (Lian et al., NeurIPS 2017, arXiv 1705.09056) and DFedAvg: gossip averaging on a graph.
 
 Every node i keeps its own model x_i (in its ``Context.state``); W is the round's mixing
-matrix on the scenario's ``topology:`` (``fedsim.topology``, ring with Metropolis–Hastings
+matrix on the scenario's ``topology:`` (``fedsim.world.topology``, ring with Metropolis–Hastings
 weights if absent). One round, by ``order``:
 
 - ``train_gossip`` (default; DFedAvg, and the structure of DFedSAM Alg. 1):
@@ -33,9 +33,10 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from pydantic import Field
 
-from fedsim import client, registry
-from fedsim.client import ClientEnv
-from fedsim.decentralized import (
+from fedsim import registry
+from fedsim.apps import client
+from fedsim.apps.client import ClientEnv
+from fedsim.apps.decentralized import (
     MODEL_KEY,
     DecentralizedParams,
     DecentralizedStrategy,
@@ -45,7 +46,7 @@ from fedsim.decentralized import (
     weighted_sum,
 )
 from fedsim.registry import register
-from fedsim.topology import build_topology
+from fedsim.world.topology import build_topology
 
 LOCAL = f"{MessageType.TRAIN}.gossip_local"
 MIX = f"{MessageType.TRAIN}.gossip_mix"

@@ -22,7 +22,7 @@ trades bias for variance for clients that participate rarely.
 
 The server learns who participated from the replies (partition ids via the grid; a client
 whose reply is an error did not participate); it never sees p_n. Clients run plain local SGD and return their models; Δ_n = y_n − x is computed on
-the server (``strategies.deltas``). State: three length-N vectors.
+the server (``fedsim.strategies.deltas``). State: three length-N vectors.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import Field
 
-from fedsim.client import fedavg_train
+from fedsim.apps.client import fedavg_train
 from fedsim.registry import register
-from strategies.deltas import UpdateAggregation, UpdateParams
+from fedsim.strategies.deltas import UpdateAggregation, UpdateParams
 
 
 class FedAUParams(UpdateParams):

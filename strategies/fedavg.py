@@ -1,7 +1,7 @@
 """FedAvg (McMahan et al., AISTATS 2017, arXiv 1602.05629), on Flower's Message-API FedAvg.
 
 Server: x ← Σ_{i∈S_t} (n_i / Σ_j n_j) · y_i, the example-weighted mean of the returned
-models (Alg. 1, η_g = 1). Client: ``fedsim.client.fedavg_train`` (local SGD from x).
+models (Alg. 1, η_g = 1). Client: ``fedsim.apps.client.fedavg_train`` (local SGD from x).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from flwr.serverapp import strategy as flwr_strategy
 from pydantic import Field
 
-from fedsim.client import fedavg_train
+from fedsim.apps.client import fedavg_train
 from fedsim.records import weighted_mean
 from fedsim.registry import Params, register
 from fedsim.sampling import SeededSampling

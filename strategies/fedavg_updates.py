@@ -20,9 +20,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from fedsim.client import fedavg_train
+from fedsim.apps.client import fedavg_train
 from fedsim.registry import register
-from strategies.deltas import UpdateAggregation, UpdateParams
+from fedsim.strategies.deltas import UpdateAggregation, UpdateParams
 
 
 class FedAvgUpdatesParams(UpdateParams):

@@ -29,11 +29,11 @@ import torch
 from flwr.app import ArrayRecord, RecordDict
 from pydantic import Field
 
-from fedsim.client import ClientEnv
+from fedsim.apps.client import ClientEnv
 from fedsim.registry import register
 from fedsim.state import Checkpointable
-from strategies.fedavg import FedAvg, FedAvgParams, sampling_kwargs
-from strategies.stateful import (
+from fedsim.strategies.fedavg import FedAvg, FedAvgParams, sampling_kwargs
+from fedsim.strategies.stateful import (
     StateReport,
     check_parameters_only,
     client_minibatches,

@@ -39,12 +39,12 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flwr_strategy
 from pydantic import Field
 
-from fedsim.client import ClientEnv
+from fedsim.apps.client import ClientEnv
 from fedsim.records import num_examples, only_arrays, stack, unflatten
 from fedsim.registry import register
 from fedsim.sampling import SeededSampling
 from fedsim.training import batches
-from strategies.fedavg import FedAvgParams, sampling_kwargs
+from fedsim.strategies.fedavg import FedAvgParams, sampling_kwargs
 
 # ---------------------------------------------------------------------------- the client
 

@@ -11,10 +11,10 @@ from flwr.app import RecordDict
 from flwr.serverapp import strategy as flwr_strategy
 from pydantic import Field
 
-from fedsim.client import ClientEnv
+from fedsim.apps.client import ClientEnv
 from fedsim.registry import register
 from fedsim.sampling import SeededSampling
-from strategies.fedavg import ExampleWeightedMean, FedAvgParams, sampling_kwargs
+from fedsim.strategies.fedavg import ExampleWeightedMean, FedAvgParams, sampling_kwargs
 
 
 class FedProxParams(FedAvgParams):

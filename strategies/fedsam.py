@@ -12,7 +12,7 @@ FL-Simulator's ``client/fedsam.py`` does with its ``ESAM`` optimizer (normalised
 ``‖g‖ + 1e-7`` in the denominator, same minibatch for both gradients).
 
 ``sam_perturbation`` and ``sam_gradient`` are also FedSpeed's perturbed gradient
-(``strategies.fedspeed``), which adds the unnormalised ascent of its paper and the
+(``fedsim.strategies.fedspeed``), which adds the unnormalised ascent of its paper and the
 merge of both gradients (the quasi-gradient, weight α).
 """
 
@@ -23,10 +23,10 @@ from flwr.app import RecordDict
 from pydantic import Field
 from torch import nn
 
-from fedsim.client import ClientEnv
+from fedsim.apps.client import ClientEnv
 from fedsim.registry import register
-from strategies.fedavg import FedAvg, FedAvgParams, sampling_kwargs
-from strategies.stateful import (
+from fedsim.strategies.fedavg import FedAvg, FedAvgParams, sampling_kwargs
+from fedsim.strategies.stateful import (
     Batch,
     Direction,
     Objective,

@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flwr_strategy
 
-from fedsim.client import ClientEnv
+from fedsim.apps.client import ClientEnv
 from fedsim.records import to_record, to_state_dict, weighted_mean
 from fedsim.registry import register
 from fedsim.sampling import SeededSampling
 from fedsim.training import batches, derive_seed
-from strategies.fedavg import FedAvgParams, sampling_kwargs
+from fedsim.strategies.fedavg import FedAvgParams, sampling_kwargs
 
 
 def fedsgd_train(content: RecordDict, env: ClientEnv) -> RecordDict:

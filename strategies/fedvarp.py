@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedsim.client import fedavg_train
+from fedsim.apps.client import fedavg_train
 from fedsim.registry import register
-from strategies.deltas import UpdateParams
-from strategies.mifa import MemoryAggregation, UpdateMemory, remember
+from fedsim.strategies.deltas import UpdateParams
+from fedsim.strategies.mifa import MemoryAggregation, UpdateMemory, remember
 
 
 def fedvarp_direction(memory: UpdateMemory, participants: np.ndarray, deltas: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ Sec. 5 "known participation statistics"; IBM/fedau ``main.py``, ``-weighting kno
 
 the unbiased aggregate that FedAU's estimated weights ω_n ≈ 1/p_n imitate. It is the one
 strategy allowed to know p_n: its factory reads them through the explicit oracle channel
-``fedsim.participation.probabilities(setup)``, which computes the same p_n as the world's
+``fedsim.world.participation.probabilities(setup)``, which computes the same p_n as the world's
 participation layer from the scenario (all ones when the scenario has no participation).
 """
 
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedsim.client import fedavg_train
-from fedsim.participation import probabilities
+from fedsim.apps.client import fedavg_train
+from fedsim.world.participation import probabilities
 from fedsim.registry import register
-from strategies.deltas import UpdateAggregation, UpdateParams
+from fedsim.strategies.deltas import UpdateAggregation, UpdateParams
 
 
 @dataclass(frozen=True)

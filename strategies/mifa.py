@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedsim.client import fedavg_train
+from fedsim.apps.client import fedavg_train
 from fedsim.registry import register
-from strategies.deltas import UpdateAggregation, UpdateParams
+from fedsim.strategies.deltas import UpdateAggregation, UpdateParams
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ the lowest-id node that is up, which sends the initial model to Sample(1).
 What is simulated (the paper runs an asyncio discrete-event simulator, so does fedsim):
 the ServerApp runs an event loop on a virtual clock (heap of timed deliveries) and acts
 as the wire: it delivers TRAIN/AGGREGATE messages at their arrival times
-(``fedsim.network.NetworkModel``: latency, bandwidth, queued uplinks; training takes
+(``fedsim.world.network.NetworkModel``: latency, bandwidth, queued uplinks; training takes
 examples × seconds-per-example on the node), answers pings for the nodes that are up
 (a ping to a node that is down costs ``ping_timeout``), and fires aggregation timeouts.
 Everything a node decides (sample order, aggregation, view merges, announcements) is
@@ -55,8 +55,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from pydantic import Field
 
-from fedsim import client
-from fedsim.decentralized import (
+from fedsim.apps import client
+from fedsim.apps.decentralized import (
     MODEL_KEY,
     DecentralizedParams,
     DecentralizedStrategy,

@@ -24,8 +24,8 @@ from pydantic import Field
 
 from fedsim.registry import register
 from fedsim.sampling import SeededSampling
-from strategies.fedavg import sampling_kwargs
-from strategies.fednga import ServerDescent, UpdatePathParams, VectorRule, upload_update
+from fedsim.strategies.fedavg import sampling_kwargs
+from fedsim.strategies.fednga import ServerDescent, UpdatePathParams, VectorRule, upload_update
 
 
 def _register(name: str, params=UpdatePathParams):

@@ -3,7 +3,7 @@
 SCAFFOLD, FedDyn, FedSpeed and FedSAM all run local SGD with a modified gradient:
 
 - a *direction* oracle sets ``p.grad`` for one minibatch (the plain gradient, or SAM's
-  gradient at a perturbed point, ``strategies.fedsam.sam_gradient``);
+  gradient at a perturbed point, ``fedsim.strategies.fedsam.sam_gradient``);
 - a *correction* adds a term to those gradients before the step (SCAFFOLD's c − c_i,
   FedDyn's −∇_i + α(w − x), FedSpeed's prox-correction).
 
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from torch import nn
 
-from fedsim.client import ClientEnv
+from fedsim.apps.client import ClientEnv
 from fedsim.training import batches
 
 Batch = tuple[torch.Tensor, torch.Tensor]

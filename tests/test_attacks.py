@@ -12,25 +12,25 @@ from flwr.app import ConfigRecord, RecordDict
 from typer.testing import CliRunner
 
 import fedsim
-from attacks.dia import DIAParams, DropoutInversion, well_informed
-from attacks.eavesdropper import GroundTruth
-from attacks.gifd import GIFD, GIFDParams, project_l1_ball, project_sphere
-from attacks.ig import InvertingGradients
-from attacks.inversion import InversionAttack, Knowledge, LocalTraining, Observation, Reconstruction
-from attacks.inversion.labels import infer_labels
-from attacks.inversion.metrics import label_accuracy, match, score
-from attacks.inversion.objective import gradient_match
-from attacks.inversion.params import EavesdropperParams, PixelAttackParams
-from attacks.inversion.prior import DecoderPrior, PriorCollapsed, PriorConfig, check_diversity, diversity, load_or_train
-from attacks.inversion.replay import client_step, compute_upload
+from fedsim.attacks.dia import DIAParams, DropoutInversion, well_informed
+from fedsim.attacks.eavesdropper import GroundTruth
+from fedsim.attacks.gifd import GIFD, GIFDParams, project_l1_ball, project_sphere
+from fedsim.attacks.ig import InvertingGradients
+from fedsim.attacks.inversion import InversionAttack, Knowledge, LocalTraining, Observation, Reconstruction
+from fedsim.attacks.inversion.labels import infer_labels
+from fedsim.attacks.inversion.metrics import label_accuracy, match, score
+from fedsim.attacks.inversion.objective import gradient_match
+from fedsim.attacks.inversion.params import EavesdropperParams, PixelAttackParams
+from fedsim.attacks.inversion.prior import DecoderPrior, PriorCollapsed, PriorConfig, check_diversity, diversity, load_or_train
+from fedsim.attacks.inversion.replay import client_step, compute_upload
 from fedsim.cli import app
-from fedsim.client import ClientEnv, fedavg_train
-from fedsim.data import load_dataset
-from fedsim.experiment import prepare
+from fedsim.apps.client import ClientEnv, fedavg_train
+from fedsim.data.datasets import load_dataset
+from fedsim.apps.setup import prepare
 from fedsim.models import build_model
 from fedsim.records import to_record, to_state_dict
 from fedsim.registry import register
-from strategies.fedsgd import fedsgd_train
+from fedsim.strategies.fedsgd import fedsgd_train
 
 DIGITS = load_dataset("digits", {}, 0)
 
@@ -300,7 +300,7 @@ def test_prior_diversity_gate_and_cache(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
     decoder, report = load_or_train(real, source, cfg, tmp_path, min_ratio=0.1, max_duplicates=0.5)
     assert report["diversity"]["ratio"] >= 0.1 and list(tmp_path.iterdir()) == [tmp_path / report["file"].split("/")[-1]]
-    monkeypatch.setattr("attacks.inversion.prior.train_prior", lambda *a: pytest.fail("not served from the cache"))
+    monkeypatch.setattr("fedsim.attacks.inversion.prior.train_prior", lambda *a: pytest.fail("not served from the cache"))
     cached, _ = load_or_train(real, source, cfg, tmp_path, min_ratio=0.1, max_duplicates=0.5)
     z = torch.randn(3, 8)
     torch.testing.assert_close(cached(z), decoder(z))
@@ -338,7 +338,7 @@ def test_fedsim_attack_runs_one_client_step(tiny, tmp_path):
 
 
 def test_eavesdropper_refuses_uploads_it_cannot_replay_and_unknown_targets(tiny, tmp_path):
-    from attacks.eavesdropper import Attacker, upload_kind
+    from fedsim.attacks.eavesdropper import Attacker, upload_kind
 
     tiny["eavesdropper"] = {"name": "ig", "targets": [4]}
     assert upload_kind(fedsim.load_scenario(tiny, {"strategy.name": "fedsgd"})) == "gradient"

@@ -12,10 +12,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 
 import fedsim
-from attacks.byzantine import ByzantineClients, compromised_clients, lie_z_max
+from fedsim.attacks.byzantine import ByzantineClients, compromised_clients, lie_z_max
 from fedsim import registry
-from fedsim.client import POISON_KEY
-from fedsim.runtime import _set_task_identity
+from fedsim.apps.client import POISON_KEY
+from fedsim.runtimes.inprocess import _set_task_identity
 from fedsim.scenario import ScenarioError
 from fedsim.training import seed_sequence, torch_generator
 
@@ -197,16 +197,16 @@ def test_layer_poisons_data_and_leaves_evaluation_and_failed_replies_alone():
 
 def test_a_poisoned_client_trains_on_flipped_labels():
     """The client hook: a train instruction carrying POISON_KEY is served with y -> C − 1 − y."""
-    from fedsim.client import app
-    from fedsim.runtime import InProcessGrid
-    from fedsim.world import Fleet
-    from strategies.fednga import upload_update  # noqa: F401  (registers fednga)
+    from fedsim.apps.client import app
+    from fedsim.runtimes.inprocess import InProcessGrid
+    from fedsim.world.base import Fleet
+    from fedsim.strategies.fednga import upload_update  # noqa: F401  (registers fednga)
 
     sc = fedsim.load_scenario(
         {"name": "t", "seed": 1, "rounds": 1, "num_clients": 2, "model": {"name": "mlp", "hidden": [8]},
          "strategy": {"name": "fednga"}, "byzantine": {"name": "label_flip", "fraction": 0.5}}
     )
-    from fedsim.data import load_dataset
+    from fedsim.data.datasets import load_dataset
     from fedsim.models import build_model
 
     ds = load_dataset("digits", {}, 1)
@@ -243,7 +243,7 @@ def test_run_reports_the_fixed_compromised_set_every_round(tiny):
     tiny["strategy"] = {"name": "fednga"}
     tiny["byzantine"] = {"name": "gaussian", "fraction": 0.3}
     m = fedsim.run(tiny).metrics
-    from fedsim.experiment import prepare
+    from fedsim.apps.setup import prepare
 
     sizes = prepare(fedsim.load_scenario(tiny)).partition_sizes
     bad = compromised_clients(3, sizes, 0.3, "weight")

@@ -19,7 +19,7 @@ from fedsim.checkpoint import record_to_tree, tree_to_record
 from fedsim.cli import app
 from fedsim.recorder import read_metrics
 from fedsim.state import from_tree, to_tree
-from strategies.fedau import IntervalState
+from fedsim.strategies.fedau import IntervalState
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = ["seconds", "aggregate_seconds"]

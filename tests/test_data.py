@@ -1,4 +1,4 @@
-"""Tests of fedsim.data: every dataset's contents, splits and error handling."""
+"""Tests of fedsim.data.datasets: every dataset's contents, splits and error handling."""
 
 import gzip
 import math
@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from fedsim import data, registry
-from fedsim.data import load_dataset
+from fedsim import registry
+from fedsim.data import datasets as data
+from fedsim.data.datasets import load_dataset
 
 
 @pytest.mark.parametrize("name", ["digits", "synthetic", "mnist", "cifar10", "hf"])

@@ -8,13 +8,14 @@ import pytest
 from flwr.app import Array, ArrayRecord, RecordDict
 
 import fedsim
-from fedsim import client, registry
-from fedsim.decentralized import INIT, Network, flat
-from fedsim.experiment import prepare
-from fedsim.network import ChurnEvent, Membership, NetworkModel, NetworkParams, local_work
-from fedsim.runtime import InProcessGrid
+from fedsim import registry
+from fedsim.apps import client
+from fedsim.apps.decentralized import INIT, Network, flat
+from fedsim.apps.setup import prepare
+from fedsim.world.network import ChurnEvent, Membership, NetworkModel, NetworkParams, local_work
+from fedsim.runtimes.inprocess import InProcessGrid
 from fedsim.scenario import ScenarioError, load
-from fedsim.topology import (
+from fedsim.world.topology import (
     ErdosRenyiParams,
     GridParams,
     RandomRegularParams,
@@ -25,8 +26,8 @@ from fedsim.topology import (
     spectral_gap,
     uniform,
 )
-from fedsim.world import Fleet
-from strategies.modest import ACTIVE, LEFT, SUSPECT, bump, merge, sample_order
+from fedsim.world.base import Fleet
+from fedsim.strategies.modest import ACTIVE, LEFT, SUSPECT, bump, merge, sample_order
 
 
 def scenario(tmp_path, **over):

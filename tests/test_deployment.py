@@ -19,10 +19,10 @@ from flwr.server.superlink.linkstate.utils import create_message_error_unavailab
 from typer.testing import CliRunner
 
 import fedsim
-from fedsim import client
-from fedsim.certs import generate, server_hosts
+from fedsim.apps import client
+from fedsim.runtimes.certs import generate, server_hosts
 from fedsim.cli import app
-from fedsim.cluster import (
+from fedsim.runtimes.cluster import (
     COMPOSE_CERTS,
     HEALTH_ADDRESS,
     LocalCluster,
@@ -31,9 +31,9 @@ from fedsim.cluster import (
     superlink_command,
     supernode_command,
 )
-from fedsim.experiment import execute
+from fedsim.apps.server import execute
 from fedsim.recorder import read_metrics
-from fedsim.runtime import InProcessGrid
+from fedsim.runtimes.inprocess import InProcessGrid
 from fedsim.scenario import ScenarioError, load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def test_insecure_is_allowed_on_loopback_and_remote_only_when_asked(tiny, addres
 
 
 def test_an_unreachable_superlink_is_a_clear_error_with_exit_status_1(tmp_path):
-    from fedsim.cluster import free_port
+    from fedsim.runtimes.cluster import free_port
 
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"name": "t", "rounds": 1, "num_clients": 2, "output": {"dir": str(tmp_path / "runs")}}))
@@ -133,7 +133,7 @@ def test_a_node_that_stops_answering_is_recorded_and_the_run_goes_on(tiny, super
 
 
 def test_a_silent_node_gets_a_timeout_reply_from_its_own_node_id():
-    from fedsim.world import NODE_UNAVAILABLE, Fleet
+    from fedsim.world.base import NODE_UNAVAILABLE, Fleet
 
     grid = FlakyGrid(3, 0, down=1, from_round=1, superlink_answers=False)
     fleet = Fleet(grid, 3, timeout=0.2, poll_interval=0.01)
@@ -269,12 +269,12 @@ def test_the_flower_app_and_control_api_internals_match_the_pinned_minor():
     from flwr.common.config import get_fab_config
     from flwr.proto.control_pb2 import StartRunRequest
 
-    from fedsim.deployment import APP_DIR, build_fab_from_disk
+    from fedsim.runtimes.deployment import APP_DIR, build_fab_from_disk
 
-    assert flwr.__version__.startswith("1.41."), flwr.__version__
+    assert flwr.__version__.startswith("1.42."), flwr.__version__
     config = get_fab_config(build_fab_from_disk(APP_DIR))  # validates it as Flower does
     assert config["tool"]["flwr"]["app"]["components"] == {
-        "serverapp": "fedsim.deployment:app", "clientapp": "fedsim.client:app"
+        "serverapp": "fedsim.runtimes.deployment:app", "clientapp": "fedsim.apps.client:app"
     }
     assert set(config["tool"]["flwr"]["app"]["config"]) == {"scenario", "run-dir"}
     assert {"fab", "override_config"} <= set(StartRunRequest.DESCRIPTOR.fields_by_name)

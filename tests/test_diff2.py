@@ -13,8 +13,8 @@ import torch
 from scipy import stats
 
 import fedsim
-from defenses import diff2
-from fedsim.experiment import prepare
+from fedsim.defenses import diff2
+from fedsim.apps.setup import prepare
 from fedsim.models import build_model
 from fedsim.privacy import diff2_calibrated_sigmas, diff2_epsilon, diff2_sigmas
 from fedsim.scenario import validate

@@ -9,10 +9,10 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from scipy import stats
 
 import fedsim
-from defenses.dp import CLIENT_STD, CLIP, dp_mod
+from fedsim.defenses.dp import CLIENT_STD, CLIP, dp_mod
 from fedsim import privacy
 from fedsim.records import flatten, to_record
-from fedsim.experiment import prepare
+from fedsim.apps.setup import prepare
 from fedsim.scenario import ScenarioError, load
 
 
@@ -136,7 +136,7 @@ def _audited(tiny, rounds=12, **defense):
 def test_canary_clients_upload_exactly_their_direction(tiny):
     """A canary's upload is received + C·u_j: with a single canary client sampled every round
     and no other change, the model moves by C·u_j per round."""
-    from fedsim.audit import canary_clients, direction
+    from fedsim.world.audit import canary_clients, direction
 
     sc = _audited(tiny, rounds=2)
     sc["num_clients"], sc["audit"] = 2, {"canaries": 1, "held_out": 2, "norm": 0.3}

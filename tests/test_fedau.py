@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from fedsim.participation import Bernoulli
-from fedsim.runtime import _set_task_identity
-from strategies.deltas import state_nbytes
-from strategies.fedau import FedAU, aggregation_weights, fedau_direction, init_intervals, update_intervals
-from strategies.fedavg_updates import average_updates
-from strategies.fedvarp import FedVarp
-from strategies.known_prob import KnownProb
-from strategies.mifa import MIFA
+from fedsim.world.participation import Bernoulli
+from fedsim.runtimes.inprocess import _set_task_identity
+from fedsim.strategies.deltas import state_nbytes
+from fedsim.strategies.fedau import FedAU, aggregation_weights, fedau_direction, init_intervals, update_intervals
+from fedsim.strategies.fedavg_updates import average_updates
+from fedsim.strategies.fedvarp import FedVarp
+from fedsim.strategies.known_prob import KnownProb
+from fedsim.strategies.mifa import MIFA
 
 
 def run_intervals(rows, cutoff=None):

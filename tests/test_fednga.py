@@ -11,9 +11,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 
 import fedsim
 from fedsim import registry
-from fedsim.runtime import _set_task_identity
-from strategies.fednga import FedNGA, UpdatePathParams, normalized_average, step_size, upload_update
-from strategies.robust import CClip, centered_clip, geometric_median
+from fedsim.runtimes.inprocess import _set_task_identity
+from fedsim.strategies.fednga import FedNGA, UpdatePathParams, normalized_average, step_size, upload_update
+from fedsim.strategies.robust import CClip, centered_clip, geometric_median
 
 
 def reply(node, arrays, n):
@@ -138,12 +138,12 @@ def test_client_uploads_one_minibatch_gradient_or_its_local_sgd_update():
     """Through the generic ClientApp: ∇ on the (seed, round, client) minibatch, or w − y after local SGD."""
     import json
 
-    from fedsim.client import app
-    from fedsim.data import load_dataset
+    from fedsim.apps.client import app
+    from fedsim.data.datasets import load_dataset
     from fedsim.models import build_model
-    from fedsim.runtime import InProcessGrid
+    from fedsim.runtimes.inprocess import InProcessGrid
     from fedsim.training import local_sgd, torch_generator
-    from fedsim.world import Fleet
+    from fedsim.world.base import Fleet
 
     sc = fedsim.load_scenario(
         {"name": "t", "seed": 2, "rounds": 1, "num_clients": 2, "model": {"name": "mlp", "hidden": [8]},

@@ -12,11 +12,11 @@ from torch import nn
 
 import fedsim
 from fedsim.models import build_model
-from fedsim.runtime import _set_task_identity
+from fedsim.runtimes.inprocess import _set_task_identity
 from fedsim.training import batches, local_sgd, torch_generator
-from strategies import feddyn, fedspeed, scaffold
-from strategies.fedsam import sam_gradient, sam_perturbation
-from strategies.stateful import add_to_grads, gradient, local_descent, model_vector, prox_correction, vector_record
+from fedsim.strategies import feddyn, fedspeed, scaffold
+from fedsim.strategies.fedsam import sam_gradient, sam_perturbation
+from fedsim.strategies.stateful import add_to_grads, gradient, local_descent, model_vector, prox_correction, vector_record
 
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import fedsim
-from defenses import hyperfl
+from fedsim.defenses import hyperfl
 from fedsim.models import build_model
 from fedsim.scenario import ScenarioError
 
@@ -236,9 +236,9 @@ def test_informed_observation_replays_the_real_clients_upload_exactly(attacked, 
     """In a real run: the view's one SGD step of g(f(x; h(v_i; φ)); ϕ_i) on the ground-truth
     example reproduces the φ the client uploaded (clip included; round 2, so v_i must be
     the state from before the round), and that example is the one the client trained on."""
-    from attacks import eavesdropper
-    from attacks.inversion.replay import compute_upload
-    from fedsim.experiment import prepare
+    from fedsim.attacks import eavesdropper
+    from fedsim.attacks.inversion.replay import compute_upload
+    from fedsim.apps.setup import prepare
 
     observed, trained = [], []
     observe, train_hyper = eavesdropper.Attacker.observe, hyperfl.train_hyper
@@ -274,7 +274,7 @@ def test_informed_observation_replays_the_real_clients_upload_exactly(attacked, 
 
 
 def test_informed_attack_needs_one_phase_2_step_and_keeps_other_strategies_out(attacked):
-    from attacks.eavesdropper import upload_kind
+    from fedsim.attacks.eavesdropper import upload_kind
 
     assert upload_kind(fedsim.load_scenario(attacked)) == "update"
     for change in ({"head_epochs": 1}, {"hyper_steps": None}):
@@ -289,10 +289,10 @@ def test_informed_attack_needs_one_phase_2_step_and_keeps_other_strategies_out(a
 def test_ig_on_an_informed_hyperfl_upload_beats_a_random_image(attacked):
     """Standalone (one client step at round 1): IG recovers the digit well above the PSNR of
     a uniform random image against the same digit."""
-    from attacks.eavesdropper import GroundTruth
-    from attacks.inversion.metrics import score
-    from attacks.standalone import attack_one_step
-    from fedsim.experiment import prepare
+    from fedsim.attacks.eavesdropper import GroundTruth
+    from fedsim.attacks.inversion.metrics import score
+    from fedsim.attacks.standalone import attack_one_step
+    from fedsim.apps.setup import prepare
 
     attacked["eavesdropper"].update(rounds=[1], targets=[0], iterations=300)
     sc = fedsim.load_scenario(attacked)

@@ -6,7 +6,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from fedsim import registry
-from fedsim.data import load_dataset
+from fedsim.data.datasets import load_dataset
 from fedsim.models import build_model
 
 IMAGE_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]

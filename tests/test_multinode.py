@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 import fedsim
-from fedsim.certs import generate
-from fedsim.cluster import LocalCluster, tagged_processes
-from fedsim.deployment import DeploymentError, control_client, online_nodes, register_nodes
+from fedsim.runtimes.certs import generate
+from fedsim.runtimes.cluster import LocalCluster, tagged_processes
+from fedsim.runtimes.deployment import DeploymentError, control_client, online_nodes, register_nodes
 from fedsim.recorder import read_metrics
 
 pytestmark = pytest.mark.slow

@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 
 import fedsim
 from fedsim.cli import app
-from fedsim.experiment import prepare
-from fedsim.participation import Bernoulli, Cyclic, Markov, client_uniforms, label_correlated, make_process, probabilities
+from fedsim.apps.setup import prepare
+from fedsim.world.participation import Bernoulli, Cyclic, Markov, client_uniforms, label_correlated, make_process, probabilities
 from fedsim.scenario import ScenarioError, load
-from strategies.fedau import aggregation_weights, init_intervals, update_intervals
+from fedsim.strategies.fedau import aggregation_weights, init_intervals, update_intervals
 
 runner = CliRunner()
 
@@ -199,8 +199,8 @@ def test_explicit_probabilities_must_cover_every_client(au):
 
 
 def test_dirichlet_shares_split_covers_every_example_once_with_skewed_label_mixes():
-    from fedsim.data import load_dataset
-    from fedsim.partition import label_histograms, make_partitions
+    from fedsim.data.datasets import load_dataset
+    from fedsim.data.partition import label_histograms, make_partitions
     from fedsim.registry import get
 
     y = load_dataset("digits", {}, 0).y_train

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from fedsim.data import load_dataset
-from fedsim.partition import label_histograms, make_partitions
+from fedsim.data.datasets import load_dataset
+from fedsim.data.partition import label_histograms, make_partitions
 from fedsim.registry import get
 
 

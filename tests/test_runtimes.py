@@ -6,7 +6,7 @@ from flwr.app import Message, RecordDict
 from flwr.clientapp import ClientApp
 
 import fedsim
-from fedsim.runtime import InProcessGrid
+from fedsim.runtimes.inprocess import InProcessGrid
 
 METRICS = ["round", "train_loss", "test_loss", "test_acc", "clients_sampled", "clients_replied", "bytes_down", "bytes_up"]
 
@@ -64,13 +64,13 @@ def test_context_state_persists_across_rounds_on_the_inprocess_grid():
 
 
 def test_flower_internals_used_by_the_adapter_match_the_pinned_minor():
-    """fedsim/runtime.py uses Run and TaskIdentity (internal): pinned to flwr 1.41."""
+    """fedsim/runtimes/inprocess.py uses Run and TaskIdentity (internal): pinned to flwr 1.42."""
     import flwr
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.run import Run
     from flwr.supercore.task_identity import TaskIdentity
 
-    assert flwr.__version__.startswith("1.41."), flwr.__version__
+    assert flwr.__version__.startswith("1.42."), flwr.__version__
     assert SUPERLINK_NODE_ID == 1
     assert Run.create_empty(7).run_id == 7
     TaskIdentity.run_id = 7

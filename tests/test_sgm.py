@@ -10,14 +10,14 @@ import torch
 from scipy import stats
 
 import fedsim
-from defenses import sgm
+from fedsim.defenses import sgm
 from fedsim import privacy
-from fedsim.client import ClientEnv
+from fedsim.apps.client import ClientEnv
 from fedsim.models import build_model
 from fedsim.records import to_record
 from fedsim.scenario import validate
-from fedsim.world import Fleet
-from strategies.stateful import record_vector
+from fedsim.world.base import Fleet
+from fedsim.strategies.stateful import record_vector
 
 
 def _sgm_scenario(tiny, **strategy):
@@ -298,7 +298,7 @@ def test_without_noise_and_with_a_wide_sketch_it_learns_like_fedavg(tiny):
 
 
 def test_server_optimizer_state_survives_a_checkpoint(tiny, tmp_path):
-    from fedsim.experiment import prepare
+    from fedsim.apps.setup import prepare
 
     strategy = fedsim.registry.get("strategy", "sgm")
     setup = prepare(validate(_sgm_scenario(tiny)))

@@ -5,8 +5,8 @@ import pandas as pd
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 import fedsim
-from fedsim.runtime import _set_task_identity
-from strategies.fedavg import FedAvg
+from fedsim.runtimes.inprocess import _set_task_identity
+from fedsim.strategies.fedavg import FedAvg
 
 
 def reply(node, arrays, n):

@@ -17,7 +17,7 @@ from fedsim import registry
 
 registry.add_kind("inversion")
 
-from attacks.inversion.observation import (  # noqa: E402
+from fedsim.attacks.inversion.observation import (  # noqa: E402
     InformedView,
     InversionAttack,
     Knowledge,

@@ -32,8 +32,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from attacks.inversion.observation import Observation
-from attacks.inversion.replay import compute_upload
+from fedsim.attacks.inversion.observation import Observation
+from fedsim.attacks.inversion.replay import compute_upload
 
 LabelRule = Literal["auto", "idlg", "yin", "bias-corrected", "probe"]
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from attacks.inversion.observation import LocalTraining, Observation
+from fedsim.attacks.inversion.observation import LocalTraining, Observation
 
 
 class MaskedDropout(nn.Module):

@@ -11,11 +11,13 @@ decentralized strategies.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 from flwr.app import Message, MessageType
 
-from fedsim.network import NetworkModel, local_work
-from fedsim.world import GridWrapper, payload_bytes
+from fedsim.registry import register
+from fedsim.world.network import NetworkModel, local_work
+from fedsim.world.base import GridWrapper, payload_bytes
 
 
 class VirtualClock(GridWrapper):
@@ -42,3 +44,9 @@ class VirtualClock(GridWrapper):
 
     def take_metrics(self) -> dict:
         return self.inner.take_metrics() | {"virtual_time": self.now}
+
+
+@register("world_layer", "clock", order=10,
+          description="virtual clock: times each exchange with the `network:` section's model")
+def clock_layer(setup, grid: GridWrapper, run_dir: Path) -> GridWrapper:
+    return grid if setup.scenario.network is None else VirtualClock(grid, setup)

@@ -4,7 +4,7 @@ There is no point-to-point messaging between Flower nodes: every node-to-node tr
 goes through the ServerApp, which here acts only as the wire (the verified relay pattern
 of Flower §6). ``Network`` delivers a node's outgoing model to the nodes it is addressed
 to, counts the bytes of every transfer on its (sender, receiver) link, keeps a virtual
-clock on ``fedsim.network.NetworkModel`` and the churn trace's view of who is up. It
+clock on ``fedsim.world.network.NetworkModel`` and the churn trace's view of who is up. It
 keeps no model of its own: node i's model lives in node i's ``Context.state`` under
 ``MODEL_KEY``. The relay's own legs (node → ServerApp → node) are an artefact of the
 simulation and are not link traffic; neither are the set-up message that gives every
@@ -35,15 +35,15 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from pydantic import Field
 
-from fedsim import client
-from fedsim.network import Membership, NetworkModel, NetworkParams, local_work
+from fedsim.apps import client
+from fedsim.world.network import Membership, NetworkModel, NetworkParams, local_work
 from fedsim.recorder import Recorder
 from fedsim.registry import Params
 from fedsim.training import evaluate, seed_sequence
-from fedsim.world import Fleet
+from fedsim.world.base import Fleet
 
 if TYPE_CHECKING:
-    from fedsim.experiment import ServerSetup
+    from fedsim.apps.setup import ServerSetup
 
 MODEL_KEY = "dfl.model"
 INIT = f"{MessageType.QUERY}.dfl_init"

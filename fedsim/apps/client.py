@@ -26,9 +26,9 @@ from fedsim.scenario import Scenario, from_json
 from fedsim.training import derive_seed, evaluate, local_sgd, torch_generator
 
 STATE_KEY = "fedsim"
-CRASH = "fedsim.crash"  # config flags the fault-injection layer sets (fedsim.faults)
+CRASH = "fedsim.crash"  # config flags the fault-injection layer sets (fedsim.world.faults)
 DELAY = "fedsim.delay"
-INDEX_KEY = "fedsim.partition"
+INDEX_KEY = "fedsim.data.partition"
 # Record a Byzantine world layer adds to a compromised client's train instruction when
 # the scenario's attack poisons data (label flip): the client then trains on that data.
 POISON_KEY = "fedsim.poison"
@@ -51,7 +51,7 @@ class _Shared:
 
 @functools.lru_cache(maxsize=4)
 def _shared(blob: str) -> _Shared:
-    from fedsim.data import load_dataset
+    from fedsim.data.datasets import load_dataset
     from fedsim.models import build_model
 
     scenario = from_json(blob)
@@ -86,7 +86,7 @@ class ClientEnv:
     state: RecordDict
     targets: dict[str, torch.Tensor]
     num_classes: int
-    # canary audit (fedsim.audit): C·u_j over the trainable parameters when this client is
+    # canary audit (fedsim.world.audit): C·u_j over the trainable parameters when this client is
     # a canary this round. A strategy registered with ``canary="handler"`` uses it in its own
     # handler (as if it had trained to received + C·u_j); with ``canary="bypass"`` (clients
     # that reply their trained model) ``canary_reply`` replaces the handler for that upload
@@ -182,7 +182,7 @@ def train(msg: Message, context: Context) -> Message:
     entry = registry.get("strategy", env.scenario.strategy.name)
     handler: Handler = entry.extras.get("client", fedavg_train)
     if env.scenario.audit is not None:
-        from fedsim.audit import client_canary
+        from fedsim.world.audit import client_canary
 
         trainable = sum(p.numel() for p in env.model.parameters() if p.requires_grad)
         env = replace(env, canary=client_canary(msg.content, env.scenario.seed, trainable))
@@ -204,8 +204,8 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def canary_reply(content: RecordDict, env: ClientEnv) -> RecordDict:
-    """A canary client's upload: the received model plus C·u_j, no training (fedsim.audit)."""
-    from fedsim.audit import apply_canary
+    """A canary client's upload: the received model plus C·u_j, no training (fedsim.world.audit)."""
+    from fedsim.world.audit import apply_canary
 
     model = env.load(content["arrays"])
     loss, _ = evaluate(model, env.x, env.y, env.scenario.evaluation.batch_size)
@@ -246,7 +246,3 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     loss, acc = evaluate(env.load(msg.content["arrays"]), env.x, env.y, env.scenario.evaluation.batch_size)
     metrics = MetricRecord({"eval_loss": loss, "eval_acc": acc, "num-examples": len(env.x)})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
-
-
-def index_array(indices: np.ndarray) -> Array:
-    return Array(np.ascontiguousarray(indices, dtype=np.int64))

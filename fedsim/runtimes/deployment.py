@@ -2,9 +2,9 @@
 
 ``fedsim run FILE runtime.name=deployment runtime.superlink=HOST:PORT`` submits fedsim's
 Flower app (``fedsim/flwr_app``: this module's ``app`` as the ServerApp, the generic
-``fedsim.client:app`` as the ClientApp) through the SuperLink's Control API, with the
+``fedsim.apps.client:app`` as the ClientApp) through the SuperLink's Control API, with the
 resolved scenario and a run directory as run config. The SuperLink runs the ServerApp,
-which takes the same path as every other runtime (``fedsim.experiment.execute`` with the
+which takes the same path as every other runtime (``fedsim.apps.server.execute`` with the
 grid Flower hands it): it waits for ``num_clients`` SuperNodes, learns which partition
 each holds (``--node-config "partition-id=i num-partitions=N"``), sends each its scenario
 and example indices, and drives the rounds, writing ``metrics.jsonl`` row by row.
@@ -72,7 +72,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """fedsim's ServerApp on a SuperLink: the scenario and run directory come as run config."""
-    from fedsim.experiment import execute
+    from fedsim.apps.server import execute
 
     scenario = from_json(str(context.run_config["scenario"]))
     run_dir = Path(str(context.run_config["run-dir"]))
@@ -149,7 +149,7 @@ def submit(scenario: Scenario, console: Console | None = None):
     """Run ``scenario`` on the SuperLink its runtime names; wait; return its ``RunResult``."""
     import pandas as pd
 
-    from fedsim.experiment import RunResult
+    from fedsim.apps.server import RunResult
     from fedsim.recorder import new_run_dir, read_metrics, summary_table
 
     rt = scenario.runtime
@@ -257,7 +257,7 @@ def _load_model(scenario: Scenario, run_dir: Path):
     """The final global model the ServerApp saved, or None when the scenario saves none."""
     import torch
 
-    from fedsim.data import load_dataset
+    from fedsim.data.datasets import load_dataset
     from fedsim.models import build_model
 
     path = run_dir / "model.pt"

@@ -40,14 +40,14 @@ from flwr.app import Message
 from pydantic import Field, model_validator
 
 from fedsim import registry
-from fedsim.partition import label_histograms
+from fedsim.data.partition import label_histograms
 from fedsim.registry import Params, register
 from fedsim.training import seed_sequence
 from fedsim.state import Checkpointable
-from fedsim.world import GridWrapper
+from fedsim.world.base import GridWrapper
 
 if TYPE_CHECKING:
-    from fedsim.experiment import ServerSetup
+    from fedsim.apps.setup import ServerSetup
 
 registry.add_kind("participation")
 
@@ -352,3 +352,9 @@ def plot_weights(run_dir: str | Path) -> Path | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+@register("world_layer", "participation", order=60,
+          description="which clients are reachable each round (the `participation:` section)")
+def participation_layer(setup, grid: GridWrapper, run_dir: Path) -> GridWrapper:
+    return grid if setup.scenario.participation is None else ParticipationLayer(grid, make_process(setup))

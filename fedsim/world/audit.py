@@ -20,6 +20,7 @@ it (up to the estimate's noise), and without a defense it is large.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,9 +28,10 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from torch import nn
 
 from fedsim.privacy import gdp_epsilon
+from fedsim.registry import register
 from fedsim.state import Checkpointable
 from fedsim.training import derive_seed, seed_sequence
-from fedsim.world import GridWrapper
+from fedsim.world.base import GridWrapper
 
 CANARY_KEY = "fedsim.canary"  # config record on a canary client's train instruction
 
@@ -127,3 +129,9 @@ def final_audit(scenario, initial: nn.Module, final: nn.Module) -> dict:
     a = scenario.audit
     result = estimate(parameter_vector(final) - parameter_vector(initial), scenario.seed, a.canaries, a.held_out, a.delta)
     return {**result, "norm": canary_norm(scenario)}
+
+
+@register("world_layer", "canary_audit", order=20,
+          description="canary clients of the `audit:` section (Andrew et al. ICLR 2024)")
+def audit_layer(setup, grid: GridWrapper, run_dir: Path) -> GridWrapper:
+    return grid if setup.scenario.audit is None else CanaryLayer(grid, setup.scenario)

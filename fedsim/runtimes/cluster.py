@@ -30,10 +30,10 @@ from pathlib import Path
 import httpx
 import yaml
 
-from fedsim.certs import Certs
-from fedsim.deployment import FLOWER_ENV, control_client, online_nodes, register_nodes
+from fedsim.runtimes.certs import Certs
+from fedsim.runtimes.deployment import FLOWER_ENV, control_client, online_nodes, register_nodes
 
-SUPERLINK_PORT = 8000  # Flower 1.41's SuperLink: Control, ServerAppIo and Fleet HTTP APIs on one port
+SUPERLINK_PORT = 8000  # Flower 1.42's SuperLink: Control, ServerAppIo and Fleet HTTP APIs on one port
 SUPERNODE_PORT = 9094  # a SuperNode's own Runtime API, for the ClientApp processes it starts
 HEALTH_ADDRESS = "127.0.0.1:9099"  # gRPC health service in each container (`fedsim health`)
 STATE_FILE = "cluster.json"

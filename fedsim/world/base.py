@@ -17,7 +17,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedsim.client import index_array
+from fedsim.records import index_array
 from fedsim.state import Checkpointable
 
 

@@ -12,13 +12,16 @@ instructions are affected.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
-from fedsim.client import CRASH, DELAY
+
+from fedsim.apps.client import CRASH, DELAY
+from fedsim.registry import register
 from fedsim.scenario import Faults
 from fedsim.training import seed_sequence
-from fedsim.world import GridWrapper
+from fedsim.world.base import GridWrapper
 
 class FaultLayer(GridWrapper):
     def __init__(self, inner: GridWrapper, faults: Faults, seed: int):
@@ -71,3 +74,10 @@ class FaultLayer(GridWrapper):
         out = {"crashed_clients": sorted(self.crashed), "stragglers_dropped": self.dropped}
         self.crashed, self.dropped = [], []
         return {**out, **self.inner.take_metrics()}
+
+
+@register("world_layer", "faults", order=50,
+          description="crashes, stragglers and a deadline from the `faults:` section")
+def fault_layer(setup, grid: GridWrapper, run_dir: Path) -> GridWrapper:
+    sc = setup.scenario
+    return grid if sc.faults is None else FaultLayer(grid, sc.faults, sc.seed)

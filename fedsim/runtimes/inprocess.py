@@ -1,9 +1,5 @@
-"""Runtimes: where the ServerApp and the ClientApps run.
-
-- ``inprocess``: ``InProcessGrid`` calls the ClientApp directly in this process, one
-  message after another: no Ray, no polling, no serialization. Deterministic.
-- ``ray``: Flower's Simulation Engine (``flwr.simulation.run_simulation``, Ray backend),
-  optionally attached to a running Ray cluster (``runtime.address``).
+"""The ``inprocess`` runtime: ``InProcessGrid`` calls the ClientApp directly in this process,
+one message after another: no Ray, no polling, no serialization. Deterministic.
 
 Flower internals used here (``Run``, ``TaskIdentity``) stay in this one module; the
 tests pin them against the installed flwr minor version.
@@ -11,8 +7,6 @@ tests pin them against the installed flwr minor version.
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Iterable
 from uuid import uuid4
 
@@ -28,7 +22,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsim.scenario import RayRuntime, Scenario
+from fedsim.scenario import Scenario
 
 CLIENT_APP_ERROR = 2  # flwr ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 
@@ -115,29 +109,3 @@ def run_inprocess(server_app: ServerApp, client_app: ClientApp, scenario: Scenar
         server_app(grid, context)
     finally:
         torch.set_num_threads(threads)
-
-
-def run_ray(server_app: ServerApp, client_app: ClientApp, scenario: Scenario) -> None:
-    """Flower's Simulation Engine; ``runtime.address`` attaches to a running Ray cluster."""
-    from flwr.simulation import run_simulation
-
-    rt = scenario.runtime
-    assert isinstance(rt, RayRuntime)
-    init_args: dict = {"address": rt.address} if rt.address else {"num_cpus": os.cpu_count()}
-    # run_simulation announces its own deprecation (in favour of `flwr run`) on every call;
-    # fedsim keeps it behind this adapter, so only Flower's errors are shown.
-    flwr_logger = logging.getLogger("flwr")
-    level = flwr_logger.level
-    flwr_logger.setLevel(logging.ERROR)
-    try:
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=scenario.num_clients,
-            backend_config={"client_resources": rt.client_resources.model_dump(), "init_args": init_args},
-        )
-    finally:
-        flwr_logger.setLevel(level)
-
-
-RUNTIMES = {"inprocess": run_inprocess, "ray": run_ray}

@@ -15,7 +15,7 @@ import functools
 import numpy as np
 from pydantic import Field
 
-from fedsim.data import Dataset, _finish
+from fedsim.data.datasets import Dataset, _finish
 from fedsim.registry import Params, register
 
 PICTURES = ("camera", "astronaut", "coffee", "chelsea", "rocket", "brick", "grass", "gravel", "moon", "coins")
