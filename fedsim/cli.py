@@ -97,13 +97,15 @@ def report(
     target: Annotated[float, typer.Option(help="accuracy for 'rounds to target'")] = 0.9,
 ) -> None:
     """Table over a sweep's runs (mean ± std over seeds) and comparison plots."""
-    from fedsim.sweep import report as make_report
+    from fedsim.sweep import manifest_warnings, report as make_report
 
     try:
         table = make_report(sweep_dir, target)
     except ScenarioError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
+    for warning in manifest_warnings(sweep_dir):
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     view = Table(title=f"{sweep_dir}")
     for col in table.columns:
         view.add_column(str(col), justify="left" if col == "config" else "right")

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from fedsim import manifest
 from fedsim.scenario import ScenarioError, apply_overrides, read_yaml, validate
 
 
@@ -101,6 +102,15 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
     if not frames:
         raise ScenarioError(f"{sweep_dir}: no complete runs found")
     return pd.concat(frames, ignore_index=True)
+
+
+def manifest_warnings(sweep_dir: str | Path) -> list[str]:
+    """How the complete runs of a sweep differ in their manifests (versions, commit,
+    platform, device; the scenario within one configuration; exit status)."""
+    configs: dict[str, list[Path]] = {}
+    for summary in sorted(Path(sweep_dir).glob("*/*/*/summary.json")):
+        configs.setdefault(summary.parent.parent.parent.name, []).append(summary.parent)
+    return manifest.differences([d for dirs in configs.values() for d in dirs], configs)
 
 
 def _mean_std(values: pd.Series, fmt: str = "{:.4f}") -> str:

@@ -24,7 +24,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from torch import nn
 
-from fedsim import checkpoint, registry
+from fedsim import checkpoint, manifest, registry
 from fedsim.apps.decentralized import DecentralizedLoop, DecentralizedStrategy
 from fedsim.apps.setup import ServerSetup, prepare
 from fedsim.recorder import Recorder
@@ -225,14 +225,20 @@ def execute(scenario: Scenario, launch: Callable[[ServerApp], None], run_dir: Pa
     setup = prepare(scenario)
     state = checkpoint.load(run_dir) if resume else None
     recorder = Recorder(scenario, run_dir, resume_round=state["round"] if state else 0)
+    manifest.start(recorder.dir, scenario)
     try:
         launch(make_server_app(setup, recorder, state))
-    except Diverged:
+    except Diverged as exc:
         recorder.finish(None)
+        manifest.end(recorder.dir, "diverged", str(exc))
+        raise
+    except BaseException as exc:
+        manifest.end(recorder.dir, "failed", f"{type(exc).__name__}: {exc}")
         raise
     finally:
         recorder.close()
     metrics = recorder.finish(setup.model)
+    manifest.end(recorder.dir, "completed")
     if scenario.output.plot and scenario.participation is not None:
         plot_weights(recorder.dir)  # estimated weights vs 1/p_n, when a strategy wrote them
     return RunResult(scenario, metrics, setup.model, recorder.dir)

@@ -47,6 +47,7 @@ from flwr.supercore.fab import Fab
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 from rich.console import Console
 
+from fedsim import manifest
 from fedsim.scenario import DeploymentRuntime, Scenario, from_json
 
 APP_DIR = Path(__file__).parent / "flwr_app"
@@ -178,6 +179,8 @@ def submit(scenario: Scenario, console: Console | None = None):
     finally:
         client.close()
     if status.sub_status != "completed":
+        if (manifest.read(run_dir) or {}).get("status") == "running":  # the ServerApp died before recording its end
+            manifest.end(run_dir, "failed", f"Flower run {status.sub_status}: {status.details}")
         raise DeploymentError(f"run {run_id} {status.sub_status} on the SuperLink: {status.details}" + follower.kept())
     if not (run_dir / "metrics.jsonl").exists():
         if not any(run_dir.iterdir()):
