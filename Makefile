@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export FLWR_TELEMETRY_ENABLED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test test-fast bench
+.PHONY: install run test test-fast bench docs docs-serve schema
 
 install: $(VENV)/.installed
 
@@ -26,3 +26,14 @@ test-fast: install
 
 bench: install
 	$(PY) benchmarks/runtime_overhead.py
+
+# the documentation site, built offline into site/ (mkdocs.yml; pages under docs/)
+docs: install
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
+docs-serve: install
+	$(VENV)/bin/mkdocs serve
+
+# the scenario JSON Schema editors read (every scenario's first line points at it)
+schema: install
+	$(VENV)/bin/fedsim schema > schema/scenario.schema.json

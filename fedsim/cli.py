@@ -147,6 +147,17 @@ def validate(file: ScenarioFile, overrides: Overrides = None) -> None:
     err.print(f"[green]{file}: valid[/green]")
 
 
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of a scenario file, every registered component's parameters
+    included (make schema writes schema/scenario.schema.json)."""
+    import json
+
+    from fedsim.scenario_schema import scenario_schema
+
+    print(json.dumps(scenario_schema(), indent=1))
+
+
 @app.command(name="list")
 def list_components() -> None:
     """List the registered datasets, partitioners, models and strategies."""
