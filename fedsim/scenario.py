@@ -50,34 +50,42 @@ class Component(BaseModel):
 class ClientTraining(_Strict):
     """Local training every client runs (strategies may add to it)."""
 
-    epochs: int = Field(1, ge=0)
+    epochs: int = Field(1, ge=0, description="local epochs over the client's data")
     steps: int | None = Field(None, ge=1, description="local steps instead of epochs")
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(32, ge=1, description="local minibatch size")
+    lr: float = Field(0.05, gt=0, description="local SGD learning rate")
+    momentum: float = Field(0.0, ge=0, lt=1, description="local SGD momentum")
+    weight_decay: float = Field(0.0, ge=0, description="local SGD weight decay (L2)")
 
 
 class Evaluation(_Strict):
-    eval_every: int = Field(1, ge=1)
+    """Evaluation of the global model on the held-out test set (and, optionally, on the clients' data)."""
+
+    eval_every: int = Field(1, ge=1, description="evaluate every k rounds (and the last)")
     max_loss: float = Field(1e4, gt=0, description="stop the run when a loss is NaN or above this")
-    federated: bool = False
-    batch_size: int = Field(1024, ge=1)
+    federated: bool = Field(False, description="also evaluate the global model on each client's own data (fed_acc)")
+    batch_size: int = Field(1024, ge=1, description="evaluation batch size")
 
 
 class ClientResources(_Strict):
-    num_cpus: float = Field(1.0, gt=0)
-    num_gpus: float = Field(0.0, ge=0)
+    """Resources of each Ray client actor: how many clients train at once, and where."""
+
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per client actor")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs (or a fraction) per client actor")
 
 
 class InProcessRuntime(_Strict):
+    """fedsim's own Grid: the ClientApp is called in this process, one message after another."""
+
     name: Literal["inprocess"] = "inprocess"
     threads: int = Field(1, ge=1, description="torch intra-op threads while the run lasts")
 
 
 class RayRuntime(_Strict):
+    """Flower's Simulation Engine: Ray actors host the ClientApp."""
+
     name: Literal["ray"]
-    address: str | None = None
+    address: str | None = Field(None, description='a running Ray cluster ("auto" or HOST:PORT); null: a local Ray instance')
     client_resources: ClientResources = ClientResources()
 
 
@@ -160,40 +168,42 @@ class Audit(_Strict):
 
 
 class Output(_Strict):
-    dir: str = "runs"
-    save_model: bool = True
-    plot: bool = True
-    progress: bool = True
+    """What a run writes, and where: <dir>/<name>/<timestamp>/."""
+
+    dir: str = Field("runs", description="root of the run directories")
+    save_model: bool = Field(True, description="write model.pt (the final global model's state dict)")
+    plot: bool = Field(True, description="write metrics.png")
+    progress: bool = Field(True, description="rich progress bar and summary table")
     checkpoint_every: int = Field(0, ge=0, description="save checkpoint.pt every k rounds (0: never)")
-    tensorboard: bool = False
-    mlflow: bool = False
+    tensorboard: bool = Field(False, description="also log to TensorBoard (<run dir>/tensorboard)")
+    mlflow: bool = Field(False, description="also log to MLflow")
     mlflow_tracking_uri: str | None = Field(None, description="default: sqlite:///<dir>/mlflow.db")
 
 
 class Scenario(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = 0
-    rounds: int = Field(ge=1)
-    num_clients: int = Field(ge=1)
-    dataset: Component = Component(name="digits")
-    partition: Component = Component(name="iid")
-    model: Component = Component(name="mlp")
-    strategy: Component = Component(name="fedavg")
-    faults: Faults | None = None  # injected client crashes and stragglers (fedsim.world.faults)
-    participation: Component | None = None  # exogenous client availability (fedsim.world.participation)
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="the run directory: <output.dir>/<name>/<timestamp>")
+    seed: int = Field(0, description="the root of every random stream")
+    rounds: int = Field(ge=1, description="communication rounds")
+    num_clients: int = Field(ge=1, description="clients (nodes); client i holds partition i")
+    dataset: Component = Field(Component(name="digits"), description="the data (kind dataset)")
+    partition: Component = Field(Component(name="iid"), description="how the training set is split over clients (kind partitioner)")
+    model: Component = Field(Component(name="mlp"), description="the model; input shape and classes come from the data")
+    strategy: Component = Field(Component(name="fedavg"), description="the algorithm (kind strategy)")
+    faults: Faults | None = Field(None, description="injected client crashes and stragglers (fedsim.world.faults)")
+    participation: Component | None = Field(None, description="exogenous client availability (fedsim.world.participation)")
     byzantine: Component | None = Field(None, description="compromised clients and their attack")
-    client: ClientTraining = ClientTraining()
-    eavesdropper: Component | None = None  # gradient inversion by the server (kind "inversion")
-    defense: Component | None = None  # a privacy defense wrapping the strategy (kind "defense")
-    audit: Audit | None = None  # canary-client privacy audit (fedsim.world.audit)
-    evaluation: Evaluation = Evaluation()
-    runtime: Runtime = InProcessRuntime()
-    output: Output = Output()
+    client: ClientTraining = Field(ClientTraining(), description="local training of every client")
+    eavesdropper: Component | None = Field(None, description="gradient inversion by the server (kind inversion)")
+    defense: Component | None = Field(None, description="a privacy defense wrapping the strategy (kind defense)")
+    audit: Audit | None = Field(None, description="canary-client privacy audit (fedsim.world.audit)")
+    evaluation: Evaluation = Field(Evaluation(), description="evaluation of the global model")
+    runtime: Runtime = Field(InProcessRuntime(), description="where the Flower app runs: inprocess, ray or deployment")
+    output: Output = Field(Output(), description="what the run writes")
     sweep: dict[str, list[Any]] | None = Field(None, description="dotted key -> values; run with fedsim sweep")
     # decentralized runs (fedsim.world.topology, fedsim.world.network)
-    topology: Component | None = None
-    network: NetworkParams | None = None
-    churn: list[ChurnEvent] = []
+    topology: Component | None = Field(None, description="the gossip graph of decentralized strategies (kind topology)")
+    network: NetworkParams | None = Field(None, description="the virtual clock's network model")
+    churn: list[ChurnEvent] = Field([], description="nodes that crash, leave or join (decentralized strategies)")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
