@@ -68,3 +68,13 @@ def test_invalid_scenarios_fail_the_schema_and_fedsim(change, validator):
     assert not validator.is_valid(scenario)
     with pytest.raises(ScenarioError):
         validate(scenario)
+
+
+def test_the_readme_scenario_is_ten_lines_and_valid(validator):
+    import re
+
+    block = re.search(r"## A scenario\n\n```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    assert block.splitlines()[0] == "# yaml-language-server: $schema=schema/scenario.schema.json"
+    assert len(block.strip().splitlines()) == 10
+    assert validator.is_valid(yaml.safe_load(block))
+    validate(yaml.safe_load(block), "README.md")
