@@ -65,6 +65,7 @@ print("ok", len(momentum.metrics))
 """
 
 
+@pytest.mark.slow  # pip-installs the example, then a fresh interpreter imports torch and Flower and runs 4 short runs
 def test_plugin_example_installs_registers_and_runs(tmp_path):
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
