@@ -24,6 +24,10 @@ from fedsim.scenario import Scenario
 from fedsim.sinks import make_sinks
 
 
+class Diverged(RuntimeError):
+    """The run stopped because a loss became NaN or exploded; what was recorded is kept."""
+
+
 def new_run_dir(root: str | Path, name: str) -> Path:
     base = Path(root) / name
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
 from fedsim import registry
+from fedsim.world.devices import AsynchronousParams, DeviceParams, asynchronous_errors
 from fedsim.world.network import ChurnEvent, NetworkParams
 
 
@@ -194,6 +195,9 @@ class Scenario(_Strict):
     topology: Component | None = None
     network: NetworkParams | None = None
     churn: list[ChurnEvent] = []
+    # event-driven runs on the virtual clock (fedsim.apps.asynchronous, fedsim.world.devices)
+    asynchronous: AsynchronousParams | None = None
+    devices: DeviceParams | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -355,6 +359,7 @@ def validate(data: dict, source: str = "<scenario>", lines: dict | None = None) 
             errors += [{**e, "loc": (field, *e["loc"])} for e in exc.errors()]
     errors += _decentralized_only(scenario, data)
     errors += _defense_fits(scenario, data)
+    errors += asynchronous_errors(scenario, data)
     if errors:
         raise _fail(errors, source, lines, data)
     return scenario
