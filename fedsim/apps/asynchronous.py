@@ -22,9 +22,10 @@ or deadline does to x. Events sit in a heap keyed ``(time, order, sequence)``:
    when no event can happen any more.
 
 Every server update writes a row: ``virtual_time``, the staleness of the updates it used,
-counts of arrivals, lost and cancelled tasks, busy clients and bytes; the global model is
-evaluated every ``eval_every`` updates or every ``eval_interval`` virtual seconds (and
-at the end). ``async.json`` holds the staleness histogram, per-client contributions and
+counts of arrivals, lost and cancelled tasks, busy clients and bytes. A row is written
+when the next update replaces its model, so that with ``eval_interval`` the model in
+force at every multiple of it is the one evaluated (in its own row); without, every
+``eval_every`` updates. The last model is always evaluated. ``async.json`` holds the staleness histogram, per-client contributions and
 utilisation; ``events.json`` the event log (time, kind, client, version).
 """
 
@@ -154,7 +155,7 @@ class EventLoop:
     # world layers the loop replaces: its own clock; participation becomes availability
     replaces = ("clock", "participation")
 
-    def __init__(self, setup, strategy: EventStrategy, grid, fleet, recorder, devices: Devices | None = None):
+    def __init__(self, setup, strategy: EventStrategy, grid, fleet, recorder):
         self.setup = setup
         self.scenario = sc = setup.scenario
         self.params = sc.asynchronous
@@ -162,7 +163,7 @@ class EventLoop:
         self.grid = grid
         self.fleet = fleet
         self.recorder = recorder
-        self.devices = devices or build_devices(setup)
+        self.devices = build_devices(setup)
         self.work = task_work(setup)
         self.model = setup.model
         self.x_test = torch.from_numpy(setup.dataset.x_test)
@@ -285,7 +286,8 @@ class EventLoop:
         return step.model
 
     def _flush(self, x: ArrayRecord, final: bool = False) -> None:
-        """Log the pending row (x is the model it describes), evaluating it when due."""
+        """Log the pending row (x is the model it describes, in force until now), evaluating
+        it when due: a multiple of ``eval_interval`` fell in [its time, now]."""
         if self.pending is None:
             return
         row, self.pending = self.pending, None

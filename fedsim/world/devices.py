@@ -86,8 +86,8 @@ class AsynchronousParams(Params):
     time_budget: float = Field(gt=0, description="virtual seconds the run lasts (it also stops after `rounds` updates)")
     concurrency: int = Field(10, ge=1, description="at most this many clients train at once (asynchronous strategies)")
     eval_interval: float | None = Field(
-        None, gt=0, description="evaluate at the first server update after every multiple of this many virtual "
-        "seconds (null: every evaluation.eval_every server updates)"
+        None, gt=0, description="evaluate the model in force at every multiple of this many virtual seconds "
+        "(in the row of the update that made it; null: every evaluation.eval_every server updates)"
     )
 
 
@@ -131,10 +131,6 @@ class Devices:
         self.network = network
         self.intervals = [sorted(iv) for iv in intervals]
         self._starts = [[s for s, _ in iv] for iv in self.intervals]
-
-    @property
-    def num_clients(self) -> int:
-        return len(self.intervals)
 
     def _index(self, client: int, t: float) -> int:
         """Index of the last interval starting at or before t (−1 if none)."""
