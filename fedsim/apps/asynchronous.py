@@ -51,7 +51,7 @@ from fedsim.world.devices import (
     Devices,
     mask_intervals,
     read_trace,
-    renewal_intervals,
+    synthetic_intervals,
     task_work,
 )
 from fedsim.world.network import NetworkModel, NetworkParams
@@ -141,12 +141,7 @@ def build_devices(setup) -> Devices:
         rounds = math.floor(horizon / params.participation_period) + 1  # past the horizon
         masks = np.stack([process.available(k) for k in range(1, rounds + 1)])
         return Devices(network, mask_intervals(masks, params.participation_period))
-    if params.availability is not None:
-        return Devices(network, [
-            renewal_intervals(params.availability, horizon, np.random.default_rng(seed_sequence(sc.seed, "availability", c)))
-            for c in range(n)
-        ])
-    return Devices(network, [[(0.0, math.inf)] for _ in range(n)])
+    return Devices(network, synthetic_intervals(params.availability, horizon, sc.seed, n))
 
 
 class EventLoop:

@@ -108,6 +108,16 @@ def renewal_intervals(availability: Availability, horizon: float, rng: np.random
     return out
 
 
+def synthetic_intervals(availability: Availability | None, horizon: float, seed: int,
+                        num_clients: int) -> list[list[tuple[float, float]]]:
+    """Every client's renewal-process intervals, from (seed, "availability", client); always
+    online without ``availability``."""
+    if availability is None:
+        return [[(0.0, math.inf)] for _ in range(num_clients)]
+    return [renewal_intervals(availability, horizon, np.random.default_rng(seed_sequence(seed, "availability", c)))
+            for c in range(num_clients)]
+
+
 def mask_intervals(masks: np.ndarray, period: float) -> list[list[tuple[float, float]]]:
     """Per client, the online intervals of per-round availability masks (rounds × clients):
     round k covers [(k−1)·period, k·period); consecutive online rounds merge."""
@@ -232,12 +242,7 @@ def synthetic_trace(path: str | Path, num_clients: int, seed: int, horizon: floa
                     availability: Availability | None) -> Path:
     """A synthetic trace: log-normal device speeds (``network``) and on/off availability."""
     net = NetworkModel(network, num_clients, seed)
-    if availability is None:
-        intervals = [[(0.0, math.inf)] for _ in range(num_clients)]
-    else:
-        intervals = [renewal_intervals(availability, horizon, np.random.default_rng(seed_sequence(seed, "availability", c)))
-                     for c in range(num_clients)]
-    return write_trace(path, Devices(net, intervals))
+    return write_trace(path, Devices(net, synthetic_intervals(availability, horizon, seed, num_clients)))
 
 
 # ----------------------------------------------------------------------- validation
