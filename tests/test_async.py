@@ -312,3 +312,19 @@ def test_participation_becomes_availability(tmp_path):
     for k in range(1, 4):
         mask = process.available(k)
         assert [devices.available(c, (k - 1) * 10 + 5) for c in range(4)] == mask.tolist()
+
+
+def test_the_concurrency_cap_holds_and_every_end_at_full_load_starts_one_client(tmp_path, torch_one_thread):
+    rows = [(c, 0, "inf", d) for c, d in enumerate((5.0, 3.0, 4.0, 2.5, 3.5))]
+    res = fedsim.run(scenario(tmp_path, rows, {"name": "fedbuff", "buffer_size": 2}, budget=20, concurrency=2))
+    log = events(res, ("start", "arrive"))
+    in_flight, peak = 0, 0
+    for t, kind, c, v in log:
+        in_flight += 1 if kind == "start" else -1
+        peak = max(peak, in_flight)
+    assert peak == 2
+    # after the first instant, starts happen only at arrivals, one per arrival
+    times = sorted({t for t, *_ in log if t > 0})
+    for t in times:
+        at = [kind for u, kind, *_ in log if u == t]
+        assert at.count("start") == at.count("arrive")
