@@ -36,6 +36,7 @@ import reporting  # noqa: E402
 
 import fedsim  # noqa: E402
 from fedsim import registry  # noqa: E402
+from fedsim.recorder import plot_accuracy_time  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "async.md"
@@ -91,20 +92,10 @@ def run_one(profile: dict, method: str, seed: int, out: str) -> dict:
 
 def plot(rows: list[dict], target: float, path: Path) -> None:
     """Accuracy vs virtual time, one line per method and seed."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4))
-    ax = fig.subplots()
     colors = dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:green"), strict=True))
-    for row in rows:
-        t, a = np.array(row["curve"]).T
-        ax.plot(t, a, color=colors[row["method"]], alpha=0.8, lw=1,
-                label=row["method"] if row["seed"] == rows[0]["seed"] else None)
-    ax.axhline(target, color="grey", ls="--", lw=0.8)
-    ax.set(xlabel="virtual time (s)", ylabel="test accuracy", title="accuracy vs virtual time (3 seeds)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    lines = [(row["method"] if row["seed"] == rows[0]["seed"] else None, *np.array(row["curve"]).T.tolist(),
+              colors[row["method"]]) for row in rows]
+    plot_accuracy_time(lines, path, f"accuracy vs virtual time ({len({r['seed'] for r in rows})} seeds)", target)
 
 
 def benchmark(dataset: str, seeds: list[int]) -> Path:

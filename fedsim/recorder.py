@@ -182,6 +182,24 @@ def plot_metrics(df: pd.DataFrame, path: Path, title: str) -> None:
     fig.savefig(path, dpi=100)
 
 
+def plot_accuracy_time(lines: list[tuple[str | None, list[float], list[float], str | None]], path: Path,
+                       title: str, target: float | None = None) -> None:
+    """Test accuracy against virtual time: ``lines`` of (label or None, times, accuracies, colour)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    for label, times, accs, color in lines:
+        ax.plot(times, accs, color=color, alpha=0.8, lw=1, label=label)
+    if target is not None:
+        ax.axhline(target, color="grey", ls="--", lw=0.8)
+    ax.set(xlabel="virtual time (s)", ylabel="test accuracy", title=title)
+    if any(label for label, *_ in lines):
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def summarize(df: pd.DataFrame) -> dict:
     """The run's headline numbers (its presence marks a complete run)."""
     acc = df["test_acc"].dropna() if "test_acc" in df else pd.Series(dtype=float)

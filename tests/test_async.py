@@ -316,7 +316,9 @@ def test_participation_becomes_availability(tmp_path):
 
 def test_the_concurrency_cap_holds_and_every_end_at_full_load_starts_one_client(tmp_path, torch_one_thread):
     rows = [(c, 0, "inf", d) for c, d in enumerate((5.0, 3.0, 4.0, 2.5, 3.5))]
-    res = fedsim.run(scenario(tmp_path, rows, {"name": "fedbuff", "buffer_size": 2}, budget=20, concurrency=2))
+    sc = scenario(tmp_path, rows, {"name": "fedbuff", "buffer_size": 2}, budget=20, concurrency=2)
+    res = fedsim.run({**sc, "output": {**sc["output"], "plot": True}})
+    assert (res.run_dir / "accuracy_time.png").stat().st_size > 0
     log = events(res, ("start", "arrive"))
     in_flight, peak = 0, 0
     for t, kind, c, v in log:

@@ -26,7 +26,8 @@ counts of arrivals, lost and cancelled tasks, busy clients and bytes. A row is w
 when the next update replaces its model, so that with ``eval_interval`` the model in
 force at every multiple of it is the one evaluated (in its own row); without, every
 ``eval_every`` updates. The last model is always evaluated. ``async.json`` holds the staleness histogram, per-client contributions and
-utilisation; ``events.json`` the event log (time, kind, client, version).
+utilisation; ``events.json`` the event log (time, kind, client, version); ``accuracy_time.png`` the
+test accuracy against virtual time.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
-from fedsim.recorder import Diverged
+from fedsim.recorder import Diverged, plot_accuracy_time
 from fedsim.records import to_record, to_state_dict
 from fedsim.training import evaluate, seed_sequence
 from fedsim.world.devices import (
@@ -205,6 +206,10 @@ class EventLoop:
         self.recorder.write_json("events", [list(e) for e in self.events])
         for name, record in self.grid.artifacts().items():
             self.recorder.write_json(name, record)
+        evaluated = [r for r in self.recorder.rows if r["test_acc"] is not None]
+        if self.scenario.output.plot and evaluated:
+            plot_accuracy_time([(None, [r["virtual_time"] for r in evaluated], [r["test_acc"] for r in evaluated], None)],
+                               self.recorder.dir / "accuracy_time.png", f"{self.scenario.name}: accuracy vs virtual time")
         return x
 
     def _handle(self, order: int, payload, x: ArrayRecord) -> ArrayRecord:
