@@ -138,6 +138,40 @@ def attack(file: ScenarioFile, overrides: Overrides = None) -> None:
 
 
 @app.command()
+def trace(
+    path: Annotated[Path, typer.Argument(help="CSV file to write")],
+    clients: Annotated[int, typer.Option(min=1, help="number of clients")] = 100,
+    horizon: Annotated[float, typer.Option(min=0, help="virtual seconds of availability to draw")] = 3600.0,
+    seed: Annotated[int, typer.Option(help="seed of every draw")] = 0,
+    compute: Annotated[float, typer.Option(min=0, help="mean seconds per training example")] = 0.005,
+    bandwidth: Annotated[float, typer.Option(min=0, help="bytes per second")] = 1.25e6,
+    latency: Annotated[float, typer.Option(min=0, help="one-way latency (s)")] = 0.05,
+    heterogeneity: Annotated[float, typer.Option(min=0, help="log-normal spread of device speeds")] = 1.0,
+    mean_online: Annotated[float | None, typer.Option(help="mean online period (s); unset: always online")] = None,
+    mean_offline: Annotated[float, typer.Option(min=0, help="mean offline period (s)")] = 600.0,
+) -> None:
+    """Write a synthetic device and availability trace (devices.trace; see docs/async.md)."""
+    from pydantic import ValidationError
+
+    from fedsim.world.devices import Availability, synthetic_trace
+    from fedsim.world.network import NetworkParams
+
+    try:
+        network = NetworkParams(compute_seconds_per_example=compute, bandwidth=bandwidth, latency=latency,
+                                heterogeneity=heterogeneity)
+        availability = None if mean_online is None else Availability(mean_online=mean_online, mean_offline=mean_offline)
+    except ValidationError as exc:
+        err.print(f"[red]error:[/red] {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        synthetic_trace(path, clients, seed, horizon, network, availability)
+    except OSError as exc:
+        err.print(f"[red]error:[/red] {path}: {exc.strerror}", highlight=False)
+        raise typer.Exit(2) from None
+    err.print(f"wrote {path}")
+
+
+@app.command()
 def validate(file: ScenarioFile, overrides: Overrides = None) -> None:
     """Check a scenario and print it resolved, with every default filled in."""
     import yaml

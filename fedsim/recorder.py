@@ -24,6 +24,10 @@ from fedsim.scenario import Scenario
 from fedsim.sinks import make_sinks
 
 
+class Diverged(RuntimeError):
+    """The run stopped because a loss became NaN or exploded; what was recorded is kept."""
+
+
 def new_run_dir(root: str | Path, name: str) -> Path:
     base = Path(root) / name
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -174,6 +178,24 @@ def plot_metrics(df: pd.DataFrame, path: Path, title: str) -> None:
             ax_loss.plot(d["round"], d[key], marker=".", label=label)
     ax_loss.set(xlabel="round", ylabel="loss", title=f"{title}: loss")
     ax_loss.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def plot_accuracy_time(lines: list[tuple[str | None, list[float], list[float], str | None]], path: Path,
+                       title: str, target: float | None = None) -> None:
+    """Test accuracy against virtual time: ``lines`` of (label or None, times, accuracies, colour)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    for label, times, accs, color in lines:
+        ax.plot(times, accs, color=color, alpha=0.8, lw=1, label=label)
+    if target is not None:
+        ax.axhline(target, color="grey", ls="--", lw=0.8)
+    ax.set(xlabel="virtual time (s)", ylabel="test accuracy", title=title)
+    if any(label for label, *_ in lines):
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
 from fedsim import registry
+from fedsim.world.devices import AsynchronousParams, DeviceParams, asynchronous_errors
 from fedsim.world.network import ChurnEvent, NetworkParams
 
 
@@ -204,6 +205,10 @@ class Scenario(_Strict):
     topology: Component | None = Field(None, description="the gossip graph of decentralized strategies (kind topology)")
     network: NetworkParams | None = Field(None, description="the virtual clock's network model")
     churn: list[ChurnEvent] = Field([], description="nodes that crash, leave or join (decentralized strategies)")
+    # event-driven runs on the virtual clock (fedsim.apps.asynchronous, fedsim.world.devices)
+    asynchronous: AsynchronousParams | None = Field(
+        None, description="event-driven (asynchronous) execution on the virtual clock")
+    devices: DeviceParams | None = Field(None, description="per-client device speeds and availability (or a trace)")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -365,6 +370,7 @@ def validate(data: dict, source: str = "<scenario>", lines: dict | None = None) 
             errors += [{**e, "loc": (field, *e["loc"])} for e in exc.errors()]
     errors += _decentralized_only(scenario, data)
     errors += _defense_fits(scenario, data)
+    errors += asynchronous_errors(scenario, data)
     if errors:
         raise _fail(errors, source, lines, data)
     return scenario

@@ -3,9 +3,11 @@
 from fedsim.strategies import (  # noqa: F401
     dfedsam,
     dpsgd,
+    fedasync,
     fedau,
     fedavg,
     fedavg_updates,
+    fedbuff,
     feddyn,
     fednga,
     fedprox,
@@ -18,4 +20,5 @@ from fedsim.strategies import (  # noqa: F401
     modest,
     robust,
     scaffold,
+    sync_fedavg,
 )

@@ -25,9 +25,10 @@ from flwr.serverapp import Grid, ServerApp
 from torch import nn
 
 from fedsim import checkpoint, manifest, registry
+from fedsim.apps.asynchronous import EventLoop, EventStrategy
 from fedsim.apps.decentralized import DecentralizedLoop, DecentralizedStrategy
 from fedsim.apps.setup import ServerSetup, prepare
-from fedsim.recorder import Recorder
+from fedsim.recorder import Diverged, Recorder
 from fedsim.records import to_record, to_state_dict
 from fedsim.scenario import DeploymentRuntime, Scenario
 from fedsim.state import Checkpointable
@@ -47,10 +48,6 @@ class RunResult:
     @property
     def final_accuracy(self) -> float:
         return float(self.metrics["test_acc"].dropna().iloc[-1])
-
-
-class Diverged(RuntimeError):
-    """The run stopped because a loss became NaN or exploded; what was recorded is kept."""
 
 
 class FederatedLoop:
@@ -160,7 +157,7 @@ def _metric(record, key: str) -> float | None:
     return float(record[key])
 
 
-def build_world(setup: ServerSetup, fleet: Fleet, run_dir: Path) -> GridWrapper:
+def build_world(setup: ServerSetup, fleet: Fleet, run_dir: Path, exclude: tuple[str, ...] = ()) -> GridWrapper:
     """Stack the registered world layers on the fleet; the strategy talks to the top one.
 
     Layers are ``world_layer`` components, stacked in their declared ``order`` (lowest
@@ -168,10 +165,13 @@ def build_world(setup: ServerSetup, fleet: Fleet, run_dir: Path) -> GridWrapper:
     when its scenario section is present and returns it unchanged otherwise. Built in,
     strategy side first: participation (60) → faults (50) → byzantine (40) → eavesdropper
     (30) → canary audit (20) → virtual clock (10, it times what actually crossed the wire).
+    Layers named in ``exclude`` are left out (the event-driven loop keeps its own clock and
+    turns participation into availability).
     """
     grid: GridWrapper = fleet
     for entry in sorted(registry.entries()["world_layer"], key=lambda e: e.extras["order"]):
-        grid = entry.factory(setup, grid, run_dir)
+        if entry.name not in exclude:
+            grid = entry.factory(setup, grid, run_dir)
     return grid
 
 
@@ -204,6 +204,9 @@ def make_server_app(setup: ServerSetup, recorder: Recorder, resume: dict | None 
             if resume:
                 raise ValueError("resuming decentralized runs is not supported (no checkpoint of node models)")
             DecentralizedLoop(setup, strategy, fleet, recorder).run()
+        elif isinstance(strategy, EventStrategy):  # a discrete-event simulation on the virtual clock
+            grid = build_world(setup, fleet, recorder.dir, exclude=EventLoop.replaces)
+            EventLoop(setup, strategy, grid, fleet, recorder).run()
         else:
             loop = FederatedLoop(setup, strategy, build_world(setup, fleet, recorder.dir), fleet, recorder)
             loop.run(loop.restore(resume) if resume else 1)
