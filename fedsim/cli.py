@@ -44,8 +44,8 @@ def run(file: ScenarioFile, overrides: Overrides = None) -> None:
 
 
 def _execute(job) -> None:
-    """Run a job; a divergence or a deployment that could not finish exits 1, a data or
-    set-up problem 2, each with one message."""
+    """Run a job; a divergence, a deployment that could not finish or a disk fault exits 1,
+    a data, scenario or checkpoint problem 2, each with one message."""
     from fedsim.runtimes.deployment import DeploymentError
     from fedsim.apps.server import Diverged
 
@@ -54,9 +54,15 @@ def _execute(job) -> None:
     except Diverged as exc:
         err.print(f"[red]stopped:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
-    except (ValueError, FileNotFoundError) as exc:  # data or set-up problems the user can fix
+    except (ScenarioError, ValueError, FileNotFoundError) as exc:  # problems the user can fix
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
+    except OSError as exc:  # the machine: a full disk, a read-only or blocked output path
+        where = f" {exc.filename}" if exc.filename else ""
+        err.print(f"[red]error:[/red] cannot write{where}: {exc.strerror or exc} "
+                  "(check output.dir: free space, permissions, and that no file is in the way); "
+                  "files written before are intact", highlight=False)
+        raise typer.Exit(1) from None
     except DeploymentError as exc:  # the run started on a SuperLink and could not finish
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedsim import atomic
 from fedsim.scenario import Scenario
 from fedsim.sinks import make_sinks
 
@@ -52,14 +53,14 @@ class Recorder:
         elif resume_round:
             self.dir = Path(run_dir)
             self.rows = [r for r in _read_rows(self.dir / "metrics.jsonl") if r["round"] <= resume_round]
-            (self.dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+            atomic.write_text(self.dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows))
         else:
             self.dir = Path(run_dir)
             self.dir.mkdir(parents=True, exist_ok=True)
             if (self.dir / "metrics.jsonl").exists():
                 raise FileExistsError(f"{self.dir} already holds a run")
         if not resume_round:
-            (self.dir / "scenario.yaml").write_text(yaml.safe_dump(scenario.to_dict(), sort_keys=False))
+            atomic.write_text(self.dir / "scenario.yaml", yaml.safe_dump(scenario.to_dict(), sort_keys=False))
         self._jsonl = open(self.dir / "metrics.jsonl", "a", buffering=1)
         self.sinks = make_sinks(scenario, self.dir)
         self.console = console or Console(stderr=True)
@@ -75,9 +76,7 @@ class Recorder:
 
     def write_json(self, name: str, record) -> Path:
         """An end-of-run record (``<name>.json``) in the run directory."""
-        path = self.dir / f"{name}.json"
-        path.write_text(json.dumps(record))
-        return path
+        return atomic.write_text(self.dir / f"{name}.json", json.dumps(record))
 
     def close(self) -> None:
         if self._progress is not None:
@@ -92,15 +91,15 @@ class Recorder:
         """Write the CSV, the plot and the model; print a summary; return the metrics."""
         self.close()
         df = read_metrics(self.dir)
-        df.to_csv(self.dir / "metrics.csv", index=False)
+        atomic.write_with(self.dir / "metrics.csv", lambda tmp: df.to_csv(tmp, index=False))
         if self.scenario.output.plot and len(df):
-            plot_metrics(df, self.dir / "metrics.png", self.scenario.name)
+            atomic.write_with(self.dir / "metrics.png", lambda tmp: plot_metrics(df, tmp, self.scenario.name))
         if self.scenario.output.save_model and model is not None:
-            torch.save(model.state_dict(), self.dir / "model.pt")
+            atomic.write_with(self.dir / "model.pt", lambda tmp: torch.save(model.state_dict(), tmp))
         summary = summarize(df)
         if (self.dir / "audit.json").exists():  # fedsim.world.audit's estimate, next to the formal ε
             summary["audit"] = json.loads((self.dir / "audit.json").read_text())
-        (self.dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        atomic.write_text(self.dir / "summary.json", json.dumps(summary, indent=1))
         if self.scenario.output.progress:
             self.console.print(summary_table(df, self.scenario.name))
             self.console.print(f"run directory: {self.dir}")
@@ -175,7 +174,7 @@ def plot_metrics(df: pd.DataFrame, path: Path, title: str) -> None:
     ax_loss.set(xlabel="round", ylabel="loss", title=f"{title}: loss")
     ax_loss.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
 
 
 def summarize(df: pd.DataFrame) -> dict:
