@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
 from fedsim import registry
 from fedsim.world.network import ChurnEvent, NetworkParams
@@ -198,7 +198,7 @@ class Scenario(_Strict):
     evaluation: Evaluation = Evaluation()
     runtime: Runtime = InProcessRuntime()
     output: Output = Output()
-    sweep: dict[str, list[Any]] | None = Field(None, description="dotted key -> values; run with fedsim sweep")
+    sweep: dict[str, list[JsonValue]] | None = Field(None, description="dotted key -> values; run with fedsim sweep")
     # decentralized runs (fedsim.world.topology, fedsim.world.network)
     topology: Component | None = None
     network: NetworkParams | None = None
