@@ -65,6 +65,7 @@ from pydantic import Field, model_validator
 from fedsim import privacy
 from fedsim.apps import client
 from fedsim.apps.client import ClientEnv
+from fedsim.records import ClientIndex
 from fedsim.registry import register
 from fedsim.state import Checkpointable
 from fedsim.training import derive_seed, torch_generator
@@ -268,10 +269,12 @@ class SGM(Checkpointable, FedAvg):
         self.opt_params = opt  # rule, lr, beta1, beta2, eps
         self.opt = OptState()
         self.grid = None  # the world's grid, kept from configure_train for the de-sketch query
+        self.clients = ClientIndex()  # partition id of each reply, on any Flower grid
         self.sent = None
 
     def configure_train(self, server_round, arrays, config, grid):
         self.grid, self.sent = grid, arrays
+        self.clients.see(grid)
         config["clip"] = self.accounting.clip
         config["sketch-dim"] = self.accounting.sketch_dim
         config["sigma-g"] = self.sigma_g
@@ -282,11 +285,11 @@ class SGM(Checkpointable, FedAvg):
         content = RecordDict(
             {SKETCH_KEY: vector_record(mean), "config": ConfigRecord({"server-round": server_round})}
         )
-        for reply in sorted(replies, key=self.grid.partition_of):
+        for reply in sorted(replies, key=self.clients):
             query = Message(content, reply.metadata.src_node_id, DESKETCH)
             answers = [a for a in self.grid.send_and_receive([query]) if not a.has_error()]
             if answers:
-                return record_vector(answers[0].content[UPDATE_KEY]), self.grid.partition_of(answers[0])
+                return record_vector(answers[0].content[UPDATE_KEY]), self.clients(reply)
         raise RuntimeError(f"round {server_round}: no client of the round answered the de-sketch query")
 
     def aggregate_train(self, server_round, replies):
