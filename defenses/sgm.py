@@ -322,7 +322,9 @@ class SGM(Checkpointable, FedAvg):
 class SGMParams(FedAvgParams):
     clip: float = Field(1.0, gt=0, description="L2 clip τ on Δ/η_local")
     sketch_dim: int = Field(1024, ge=1, description="sketch dimension b (rows of R_t)")
-    sigma_g: float = Field(0.5, ge=0, description="per-client noise std σ_g on the sketch (Δ̂ units)")
+    sigma_g: float | None = Field(
+        None, ge=0, description="per-client noise std σ_g on the sketch (Δ̂ units); 0.5 unless target_epsilon is given"
+    )
     target_epsilon: float | None = Field(
         None, gt=0, description="calibrate σ_g so that the secret-sketch ε after all rounds is this (bisection)"
     )
@@ -333,11 +335,17 @@ class SGMParams(FedAvgParams):
     beta2: float = Field(0.999, ge=0, lt=1)
     eps: float = Field(1e-8, gt=0, description="ε of Adam/AMSGrad's denominator")
 
-    @model_validator(mode="after")
-    def _one_noise_source(self):
-        if self.target_epsilon is not None and "sigma_g" in self.model_fields_set:
-            raise ValueError("give sigma_g or target_epsilon, not both")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _one_noise_source(cls, data):
+        """σ_g or target_epsilon, not both; σ_g = 0.5 when neither (a resolved scenario
+        names the one in use and null for the other, and validates again)."""
+        if isinstance(data, dict):
+            if data.get("target_epsilon") is not None and data.get("sigma_g") is not None:
+                raise ValueError("give sigma_g or target_epsilon, not both")
+            if data.get("target_epsilon") is None and data.get("sigma_g") is None:
+                data = {**data, "sigma_g": 0.5}
+        return data
 
 
 def cohort_size(params: FedAvgParams, num_clients: int) -> int:

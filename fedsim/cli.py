@@ -15,12 +15,35 @@ from rich.table import Table
 
 from fedsim.scenario import ScenarioError, load
 
+
+
+def _keep_argument_help() -> None:
+    """Show each argument's help: click >= 8.3 gives ``Argument`` a ``help`` of its own
+    and its ``__init__`` resets it after typer 0.20's ``TyperArgument`` has set it."""
+    from typer.core import TyperArgument
+
+    if getattr(TyperArgument, "_fedsim_keeps_help", False):
+        return
+    init = TyperArgument.__init__
+
+    def __init__(self, *args, help: str | None = None, **kwargs):  # noqa: A002 (click's name)
+        init(self, *args, help=help, **kwargs)
+        self.help = help
+
+    TyperArgument.__init__ = __init__
+    TyperArgument._fedsim_keeps_help = True
+
+
+_keep_argument_help()
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Federated-learning simulation on Flower.")
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
 ScenarioFile = Annotated[Path, typer.Argument(help="scenario YAML file")]
-Overrides = Annotated[list[str] | None, typer.Argument(help="dotted overrides: key.path=value ...")]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(help="overrides: dotted keys with YAML values, e.g. rounds=5 strategy.mu=0.1 client.lr=0.02", show_default=False),
+]
 
 
 def _load(file: Path, overrides: list[str] | None):
@@ -31,9 +54,14 @@ def _load(file: Path, overrides: list[str] | None):
         raise typer.Exit(2) from None
 
 
-@app.command()
+OVERRIDE_EPILOG = ("Overrides set any key of the scenario for this run: key.path=value, the value read as YAML "
+                   "(numbers, true/false, \\[lists]), e.g. fedsim run scenarios/fedprox.yaml rounds=5 "
+                   "strategy.mu=0.1 partition.alpha=0.3 runtime.name=ray")
+
+
+@app.command(epilog=OVERRIDE_EPILOG)
 def run(file: ScenarioFile, overrides: Overrides = None) -> None:
-    """Run a scenario: fedsim run FILE [key.path=value ...]."""
+    """Run a scenario: fedsim run FILE \\[key.path=value ...]."""
     from fedsim.experiment import run_scenario
 
     scenario = _load(file, overrides)
@@ -111,12 +139,20 @@ def report(
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
     view = Table(title=f"{sweep_dir}")
-    for col in table.columns:
-        view.add_column(str(col), justify="left" if col == "config" else "right")
+    for col in table.columns:  # whole cells: two configurations never look the same
+        view.add_column(str(col), justify="left" if col == "config" else "right", no_wrap=True)
     for row in table.itertuples(index=False):
         view.add_row(*(str(v) for v in row))
-    out.print(view)
+    _print_whole(view)
     err.print(f"wrote {sweep_dir / 'report.csv'} and {sweep_dir / 'report_accuracy.png'}")
+
+
+def _print_whole(table: Table) -> None:
+    """Print a table at its natural width, wider than the terminal if need be (not cut)."""
+    from rich.measure import Measurement
+
+    width = Measurement.get(out, out.options.update(width=100_000), table).maximum
+    out.print(table, width=max(out.width, width), crop=False)
 
 
 @app.command()
@@ -141,7 +177,7 @@ def attack(file: ScenarioFile, overrides: Overrides = None) -> None:
     out.print(f"LPIPS: {results[0]['lpips']}; run directory: {run_dir}")
 
 
-@app.command()
+@app.command(epilog=OVERRIDE_EPILOG)
 def validate(file: ScenarioFile, overrides: Overrides = None) -> None:
     """Check a scenario and print it resolved, with every default filled in."""
     import yaml
@@ -151,21 +187,35 @@ def validate(file: ScenarioFile, overrides: Overrides = None) -> None:
     err.print(f"[green]{file}: valid[/green]")
 
 
+PLURALS = {"strategy": "strategies", "topology": "topologies", "world_layer": "world layers",
+           "participation": "participation models",
+           "byzantine": "byzantine attacks", "inversion": "inversion attacks"}
+
+
+def plural(kind: str) -> str:
+    return PLURALS.get(kind, kind + "s")
+
+
+def param_summary(params) -> str:
+    """``name=default`` for each parameter; ``name (required)`` when it has no default."""
+    return ", ".join(f"{k} (required)" if f.is_required() else f"{k}={f.get_default(call_default_factory=True)!r}"
+                     for k, f in params.model_fields.items())
+
+
 @app.command(name="list")
 def list_components() -> None:
-    """List the registered datasets, partitioners, models and strategies."""
+    """List the registered components (datasets, partitioners, models, strategies, ...) with their parameters."""
     from fedsim import registry
 
     for kind, entries in registry.entries().items():
         if not entries:
             continue
-        table = Table(title=f"{kind}s", title_justify="left")
-        table.add_column("name", style="bold")
-        table.add_column("description")
-        table.add_column("parameters")
+        table = Table(title=plural(kind), title_justify="left")
+        table.add_column("name", style="bold", no_wrap=True)
+        table.add_column("description", overflow="fold")
+        table.add_column("parameters", overflow="fold")
         for e in entries:
-            params = ", ".join(f"{k}={f.default!r}" for k, f in e.params.model_fields.items())
-            table.add_row(e.name, e.description, params)
+            table.add_row(e.name, e.description, param_summary(e.params))
         out.print(table)
 
 
@@ -251,7 +301,7 @@ def cluster_up(
         raise typer.Exit(1) from None
     rt = " ".join(f"runtime.{k}={v}" for k, v in cluster.runtime().items())
     out.print(f"SuperLink {cluster.superlink} and {nodes} SuperNodes are up; logs in {cluster.dir / 'logs'}")
-    out.print(f"fedsim run FILE num_clients={nodes} {rt}", highlight=False)
+    out.print(f"fedsim run FILE num_clients={nodes} {rt}", highlight=False, soft_wrap=True)  # one line: copy-pasteable
 
 
 @cluster_app.command("down")

@@ -154,36 +154,45 @@ def read_metrics(run_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(_read_rows(Path(run_dir) / "metrics.jsonl"))
 
 
-def plot_metrics(df: pd.DataFrame, path: Path, title: str) -> None:
+def plot_metrics(df: pd.DataFrame, path: Path, title: str):
     from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend
 
     fig = Figure(figsize=(10, 4))
     ax_acc, ax_loss = fig.subplots(1, 2)
-    if "test_acc" in df:
-        d = df.dropna(subset=["test_acc"])
-        ax_acc.plot(d["round"], d["test_acc"], marker=".", label="test (global model)")
-    if "fed_acc" in df:
-        d = df.dropna(subset=["fed_acc"])
-        ax_acc.plot(d["round"], d["fed_acc"], marker=".", label="federated (clients' data)")
+    for ax, curves in ((ax_acc, (("test_acc", "test (global model)"), ("fed_acc", "federated (clients' data)"))),
+                       (ax_loss, (("train_loss", "train (clients)"), ("test_loss", "test"), ("fed_loss", "federated")))):
+        for key, label in curves:  # only curves with points: no empty legend entries
+            d = df.dropna(subset=[key]) if key in df else df.iloc[:0]
+            if len(d):
+                ax.plot(d["round"], d[key], marker=".", label=label)
+        if ax.lines:
+            ax.legend()
     ax_acc.set(xlabel="round", ylabel="accuracy", title=f"{title}: accuracy")
-    ax_acc.legend()
-    for key, label in (("train_loss", "train (clients)"), ("test_loss", "test")):
-        if key in df:
-            d = df.dropna(subset=[key])
-            ax_loss.plot(d["round"], d[key], marker=".", label=label)
     ax_loss.set(xlabel="round", ylabel="loss", title=f"{title}: loss")
-    ax_loss.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")
+    return fig
+
+
+# gradient-inversion results (fedsim.attacks.eavesdropper), averaged over the attacked rounds
+ATTACK_MEANS = {"attack_psnr": "attack PSNR (dB)", "attack_ssim": "attack SSIM", "attack_label_acc": "attack label accuracy",
+                "attack_latent_psnr": "attack latent PSNR (dB)", "attack_latent_ssim": "attack latent SSIM"}
+
+
+def _column(df: pd.DataFrame, key: str) -> pd.Series:
+    return df[key].dropna() if key in df else pd.Series(dtype=float)
 
 
 def summarize(df: pd.DataFrame) -> dict:
-    """The run's headline numbers (its presence marks a complete run)."""
-    acc = df["test_acc"].dropna() if "test_acc" in df else pd.Series(dtype=float)
+    """The run's headline numbers (its presence marks a complete run). Personalised runs
+    (HyperFL) have no global test accuracy: their federated accuracy (``fed_acc``) is kept."""
+    acc, fed = _column(df, "test_acc"), _column(df, "fed_acc")
     return {
         "rounds": len(df),
         "final_test_acc": float(acc.iloc[-1]) if len(acc) else None,
         "best_test_acc": float(acc.max()) if len(acc) else None,
+        **({"final_fed_acc": float(fed.iloc[-1]), "best_fed_acc": float(fed.max())} if len(fed) else {}),
+        **{f"mean_{k}": float(_column(df, k).mean()) for k in ATTACK_MEANS if len(_column(df, k))},
         "bytes_down": int(df["bytes_down"].sum()) if "bytes_down" in df else 0,
         "bytes_up": int(df["bytes_up"].sum()) if "bytes_up" in df else 0,
         "seconds": float(df["seconds"].sum()) if "seconds" in df else 0.0,
@@ -201,6 +210,13 @@ def summary_table(df: pd.DataFrame, name: str) -> Table:
         acc = df["test_acc"].dropna()
         table.add_row("final test accuracy", f"{acc.iloc[-1]:.4f}")
         table.add_row("best test accuracy", f"{acc.max():.4f}")
+    fed = _column(df, "fed_acc")
+    if len(fed):  # federated evaluation; the only accuracy of personalised runs (HyperFL)
+        table.add_row("final federated accuracy", f"{fed.iloc[-1]:.4f}")
+        table.add_row("best federated accuracy", f"{fed.max():.4f}")
+    for key, label in ATTACK_MEANS.items():
+        if len(_column(df, key)):
+            table.add_row(f"{label}, mean of attacked rounds", f"{_column(df, key).mean():.3f}")
     if "test_loss" in df and df["test_loss"].notna().any():  # regression runs have a loss only
         table.add_row("final test loss", f"{df['test_loss'].dropna().iloc[-1]:.4f}")
     table.add_row("bytes down / up", f"{df['bytes_down'].sum():,} / {df['bytes_up'].sum():,}")

@@ -493,8 +493,9 @@ def _component_errors(scenario: Scenario | None, data: dict) -> list[dict]:
         except ValidationError as exc:
             errors += [{**e, "loc": (field, *e["loc"])} for e in exc.errors()]
             continue
-        if comp is not None:
+        if comp is not None:  # the resolved scenario names every parameter, defaults included
             comp._params = params
+            comp.__pydantic_extra__ = params.model_dump(mode="json")
     return errors
 
 

@@ -156,3 +156,19 @@ def test_the_readmes_error_example_is_what_fedsim_prints(tmp_path, monkeypatch):
     result = runner.invoke(app, ["validate", "bad.yaml"])
     assert result.exit_code == 2
     assert result.output == block
+
+
+def test_resolved_scenarios_name_every_component_default_and_validate_again():
+    """The resolved scenario (scenario.yaml, fedsim validate) lists each component's
+    parameters with their defaults; it validates again to the same scenario."""
+    from fedsim import registry
+
+    for path in sorted((ROOT / "scenarios").glob("*.yaml")):
+        sc = load(path)
+        resolved = sc.to_dict()
+        for field, kind in (("dataset", "dataset"), ("partition", "partitioner"), ("model", "model"), ("strategy", "strategy")):
+            params = registry.get(kind, resolved[field]["name"]).params
+            assert set(resolved[field]) == {"name", *params.model_fields}, (path.name, field)
+        assert load(resolved).to_dict() == resolved, path.name
+    resolved = load(ROOT / "scenarios" / "fedprox.yaml").to_dict()  # neither key is in the file
+    assert resolved["partition"]["self_balancing"] is False and resolved["model"]["dropout"] == 0.0
