@@ -13,7 +13,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedsim.scenario import ScenarioError, load
 
 
 
@@ -47,6 +46,8 @@ Overrides = Annotated[
 
 
 def _load(file: Path, overrides: list[str] | None):
+    from fedsim.scenario import ScenarioError, load
+
     try:
         return load(file, overrides or [])
     except ScenarioError as exc:
@@ -76,6 +77,7 @@ def _execute(job) -> None:
     a data, scenario or checkpoint problem 2, each with one message."""
     from fedsim.runtimes.deployment import DeploymentError
     from fedsim.apps.server import Diverged
+    from fedsim.scenario import ScenarioError
 
     try:
         job()
@@ -115,6 +117,7 @@ def sweep(
     out_dir: Annotated[Path | None, typer.Option("--dir", help="sweep directory (default runs/<name>-sweep)")] = None,
 ) -> None:
     """Run every combination of the scenario's sweep: grid and the axes given here."""
+    from fedsim.scenario import ScenarioError
     from fedsim.sweep import run_sweep
 
     try:
@@ -131,6 +134,7 @@ def report(
     target: Annotated[float, typer.Option(help="accuracy for 'rounds to target'")] = 0.9,
 ) -> None:
     """Table over a sweep's runs (mean ± std over seeds) and comparison plots."""
+    from fedsim.scenario import ScenarioError
     from fedsim.sweep import report as make_report
 
     try:
@@ -152,7 +156,7 @@ def _print_whole(table: Table) -> None:
     from rich.measure import Measurement
 
     width = Measurement.get(out, out.options.update(width=100_000), table).maximum
-    out.print(table, width=max(out.width, width), crop=False)
+    Console(width=max(out.width, width)).print(table)
 
 
 @app.command()
