@@ -72,7 +72,7 @@ def run(file: ScenarioFile, overrides: Overrides = None) -> None:
     _execute(lambda: run_scenario(scenario))
 
 
-def _execute(job) -> None:
+def _execute(job):
     """Run a job; a divergence, a deployment that could not finish or a disk fault exits 1,
     a data, scenario or checkpoint problem 2, each with one message."""
     from fedsim.runtimes.deployment import DeploymentError
@@ -80,7 +80,7 @@ def _execute(job) -> None:
     from fedsim.scenario import ScenarioError
 
     try:
-        job()
+        return job()
     except Diverged as exc:
         err.print(f"[red]stopped:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
@@ -117,14 +117,9 @@ def sweep(
     out_dir: Annotated[Path | None, typer.Option("--dir", help="sweep directory (default runs/<name>-sweep)")] = None,
 ) -> None:
     """Run every combination of the scenario's sweep: grid and the axes given here."""
-    from fedsim.scenario import ScenarioError
     from fedsim.sweep import run_sweep
 
-    try:
-        sweep_dir = run_sweep(file, axes or [], jobs=jobs, out_dir=out_dir, log=err.print)
-    except ScenarioError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+    sweep_dir = _execute(lambda: run_sweep(file, axes or [], jobs=jobs, out_dir=out_dir, log=err.print))
     err.print(f"sweep directory: {sweep_dir}  (fedsim report {sweep_dir})")
 
 
@@ -134,14 +129,9 @@ def report(
     target: Annotated[float, typer.Option(help="accuracy for 'rounds to target'")] = 0.9,
 ) -> None:
     """Table over a sweep's runs (mean ± std over seeds) and comparison plots."""
-    from fedsim.scenario import ScenarioError
     from fedsim.sweep import report as make_report
 
-    try:
-        table = make_report(sweep_dir, target)
-    except ScenarioError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+    table = _execute(lambda: make_report(sweep_dir, target))
     view = Table(title=f"{sweep_dir}")
     for col in table.columns:  # whole cells: two configurations never look the same
         view.add_column(str(col), justify="left" if col == "config" else "right", no_wrap=True)
@@ -166,11 +156,7 @@ def attack(file: ScenarioFile, overrides: Overrides = None) -> None:
 
     attack_one_step = registry.get("command", "attack").factory
     scenario = _load(file, overrides)
-    try:
-        results, _, run_dir = attack_one_step(scenario)
-    except (ValueError, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+    results, _, run_dir = _execute(lambda: attack_one_step(scenario))
     table = Table(title=f"{scenario.name}: {scenario.eavesdropper.name} on one client step")
     for col in ("client", "upload", "examples", "PSNR (dB)", "SSIM", "label acc", "matching loss", "seconds"):
         table.add_column(col, justify="right")
@@ -230,12 +216,9 @@ def partitions(file: ScenarioFile, overrides: Overrides = None) -> None:
     from fedsim.data.partition import label_histograms, make_partitions
 
     sc = _load(file, overrides)
-    try:
-        ds = load_dataset(sc.dataset.name, sc.dataset.raw_params(), sc.seed)
-        parts = make_partitions(sc.partition.name, sc.partition.params, ds.y_train, sc.num_clients, sc.seed, ds.groups)
-    except (ValueError, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+    ds = _execute(lambda: load_dataset(sc.dataset.name, sc.dataset.raw_params(), sc.seed))
+    parts = _execute(lambda: make_partitions(sc.partition.name, sc.partition.params, ds.y_train, sc.num_clients,
+                                             sc.seed, ds.groups))
     hist = label_histograms(parts, ds.y_train, ds.num_classes)
     table = Table(title=f"{sc.name}: {sc.partition.name} partition of {sc.dataset.name}")
     table.add_column("client", justify="right")

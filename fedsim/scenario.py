@@ -495,7 +495,7 @@ def _component_errors(scenario: Scenario | None, data: dict) -> list[dict]:
             continue
         if comp is not None:  # the resolved scenario names every parameter, defaults included
             comp._params = params
-            comp.__pydantic_extra__ = params.model_dump(mode="json")
+            comp.__pydantic_extra__ = params.model_dump()
     return errors
 
 
