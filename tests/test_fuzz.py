@@ -113,3 +113,17 @@ def test_no_yaml_tag_executes_anything(tag, as_override):
         else:
             assert validate_text(yaml.safe_dump(GOOD) + f"extra: {value}\n") == 2
         assert not marker.exists()
+
+
+@FUZZ
+@given(st.text(max_size=40))
+def test_parse_override_returns_a_path_and_value_or_says_why_not(item):
+    from fedsim.scenario import ScenarioError, parse_override
+
+    try:
+        path, _ = parse_override(item)
+    except ScenarioError as exc:
+        assert str(exc).startswith(f"override {item!r}: ")
+    else:
+        key = item.split("=", 1)[0]
+        assert path == key.split(".") and all(path)
