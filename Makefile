@@ -1,5 +1,10 @@
-# Both targets set themselves up on a fresh machine: a virtualenv in .venv with the CPU
-# build of torch 2.13.0 (installed first so nothing pulls a CUDA build) and fedsim.
+# Both targets set themselves up on a fresh machine: a virtualenv in .venv with torch 2.13.0
+# and fedsim. Which torch build you get depends on the index: from PyPI alone, torch==2.13.0
+# on Linux x86_64 is the CUDA build (it pulls the nvidia-* CUDA wheels, several GB; it also
+# runs on CPU-only machines). For the CPU-only build, take torch from PyTorch's CPU index:
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# (torch is installed first, so the fedsim install keeps whichever build was chosen here).
+TORCH_INDEX ?=
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export FLWR_TELEMETRY_ENABLED := 0
@@ -11,7 +16,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 

@@ -16,7 +16,7 @@ import yaml
 from flwr.app import ConfigRecord, RecordDict
 
 from fedsim.attacks.eavesdropper import Attacker, round_metrics
-from fedsim import registry
+from fedsim import atomic, registry
 from fedsim.apps.client import ClientEnv, fedavg_train
 from fedsim.apps.setup import prepare
 from fedsim.recorder import new_run_dir
@@ -46,7 +46,7 @@ def attack_one_step(scenario: Scenario) -> tuple[list[dict], dict, object]:
 def _attack_one_step(scenario: Scenario) -> tuple[list[dict], dict, object]:
     setup = prepare(scenario)
     run_dir = new_run_dir(scenario.output.dir, scenario.name)
-    (run_dir / "scenario.yaml").write_text(yaml.safe_dump(scenario.to_dict(), sort_keys=False))
+    atomic.write_text(run_dir / "scenario.yaml", yaml.safe_dump(scenario.to_dict(), sort_keys=False))
     attacker = Attacker(scenario, setup.dataset, setup.partitions, setup.model, run_dir)
     handler = registry.get("strategy", scenario.strategy.name).extras.get("client", fedavg_train)
     sent = RecordDict({"arrays": to_record(setup.model.state_dict()), "config": ConfigRecord({"server-round": 1})})

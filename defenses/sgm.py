@@ -65,6 +65,7 @@ from pydantic import Field, model_validator
 from fedsim import privacy
 from fedsim.apps import client
 from fedsim.apps.client import ClientEnv
+from fedsim.records import ClientIndex
 from fedsim.registry import register
 from fedsim.state import Checkpointable
 from fedsim.training import derive_seed, torch_generator
@@ -268,10 +269,12 @@ class SGM(Checkpointable, FedAvg):
         self.opt_params = opt  # rule, lr, beta1, beta2, eps
         self.opt = OptState()
         self.grid = None  # the world's grid, kept from configure_train for the de-sketch query
+        self.clients = ClientIndex()  # partition id of each reply, on any Flower grid
         self.sent = None
 
     def configure_train(self, server_round, arrays, config, grid):
         self.grid, self.sent = grid, arrays
+        self.clients.see(grid)
         config["clip"] = self.accounting.clip
         config["sketch-dim"] = self.accounting.sketch_dim
         config["sigma-g"] = self.sigma_g
@@ -282,11 +285,11 @@ class SGM(Checkpointable, FedAvg):
         content = RecordDict(
             {SKETCH_KEY: vector_record(mean), "config": ConfigRecord({"server-round": server_round})}
         )
-        for reply in sorted(replies, key=self.grid.partition_of):
+        for reply in sorted(replies, key=self.clients):
             query = Message(content, reply.metadata.src_node_id, DESKETCH)
             answers = [a for a in self.grid.send_and_receive([query]) if not a.has_error()]
             if answers:
-                return record_vector(answers[0].content[UPDATE_KEY]), self.grid.partition_of(answers[0])
+                return record_vector(answers[0].content[UPDATE_KEY]), self.clients(reply)
         raise RuntimeError(f"round {server_round}: no client of the round answered the de-sketch query")
 
     def aggregate_train(self, server_round, replies):
@@ -319,7 +322,9 @@ class SGM(Checkpointable, FedAvg):
 class SGMParams(FedAvgParams):
     clip: float = Field(1.0, gt=0, description="L2 clip τ on Δ/η_local")
     sketch_dim: int = Field(1024, ge=1, description="sketch dimension b (rows of R_t)")
-    sigma_g: float = Field(0.5, ge=0, description="per-client noise std σ_g on the sketch (Δ̂ units)")
+    sigma_g: float | None = Field(
+        None, ge=0, description="per-client noise std σ_g on the sketch (Δ̂ units); 0.5 unless target_epsilon is given"
+    )
     target_epsilon: float | None = Field(
         None, gt=0, description="calibrate σ_g so that the secret-sketch ε after all rounds is this (bisection)"
     )
@@ -330,11 +335,17 @@ class SGMParams(FedAvgParams):
     beta2: float = Field(0.999, ge=0, lt=1)
     eps: float = Field(1e-8, gt=0, description="ε of Adam/AMSGrad's denominator")
 
-    @model_validator(mode="after")
-    def _one_noise_source(self):
-        if self.target_epsilon is not None and "sigma_g" in self.model_fields_set:
-            raise ValueError("give sigma_g or target_epsilon, not both")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _one_noise_source(cls, data):
+        """σ_g or target_epsilon, not both; σ_g = 0.5 when neither (a resolved scenario
+        names the one in use and null for the other, and validates again)."""
+        if isinstance(data, dict):
+            if data.get("target_epsilon") is not None and data.get("sigma_g") is not None:
+                raise ValueError("give sigma_g or target_epsilon, not both")
+            if data.get("target_epsilon") is None and data.get("sigma_g") is None:
+                data = {**data, "sigma_g": 0.5}
+        return data
 
 
 def cohort_size(params: FedAvgParams, num_clients: int) -> int:

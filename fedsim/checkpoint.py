@@ -11,7 +11,6 @@ previous checkpoint.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from fedsim import atomic
 from fedsim.records import decode, encode
 
 FILE = "checkpoint.pt"
@@ -53,16 +53,28 @@ def tree_to_record(tree: dict[str, Any]) -> RecordDict:
     return out
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read back (truncated, corrupt, not fedsim's)."""
+
+
+KEYS = ("round", "global", "strategy", "world", "clients")
+
+
 def save(run_dir: Path, state: dict[str, Any]) -> Path:
-    path = Path(run_dir) / FILE
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    """Write atomically (fedsim.atomic): a failed write keeps the previous checkpoint."""
+    return atomic.write_with(Path(run_dir) / FILE, lambda tmp: torch.save(state, tmp))
 
 
 def load(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / FILE
     if not path.exists():
         raise FileNotFoundError(f"{run_dir}: no {FILE} (was output.checkpoint_every set?)")
-    return torch.load(path, weights_only=True)
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... on bad bytes
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc)[:200]}); "
+                              "it may be truncated: restart the run or restore a copy") from None
+    missing = [k for k in KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a fedsim checkpoint (missing {', '.join(missing)})")
+    return state

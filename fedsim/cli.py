@@ -13,17 +13,41 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedsim.scenario import ScenarioError, load
 
+
+
+def _keep_argument_help() -> None:
+    """Show each argument's help: click >= 8.3 gives ``Argument`` a ``help`` of its own
+    and its ``__init__`` resets it after typer 0.20's ``TyperArgument`` has set it."""
+    from typer.core import TyperArgument
+
+    if getattr(TyperArgument, "_fedsim_keeps_help", False):
+        return
+    init = TyperArgument.__init__
+
+    def __init__(self, *args, help: str | None = None, **kwargs):  # noqa: A002 (click's name)
+        init(self, *args, help=help, **kwargs)
+        self.help = help
+
+    TyperArgument.__init__ = __init__
+    TyperArgument._fedsim_keeps_help = True
+
+
+_keep_argument_help()
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Federated-learning simulation on Flower.")
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
 ScenarioFile = Annotated[Path, typer.Argument(help="scenario YAML file")]
-Overrides = Annotated[list[str] | None, typer.Argument(help="dotted overrides: key.path=value ...")]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(help="overrides: dotted keys with YAML values, e.g. rounds=5 strategy.mu=0.1 client.lr=0.02", show_default=False),
+]
 
 
 def _load(file: Path, overrides: list[str] | None):
+    from fedsim.scenario import ScenarioError, load
+
     try:
         return load(file, overrides or [])
     except ScenarioError as exc:
@@ -31,9 +55,14 @@ def _load(file: Path, overrides: list[str] | None):
         raise typer.Exit(2) from None
 
 
-@app.command()
+OVERRIDE_EPILOG = ("Overrides set any key of the scenario for this run: key.path=value, the value read as YAML "
+                   "(numbers, true/false, \\[lists]), e.g. fedsim run scenarios/fedprox.yaml rounds=5 "
+                   "strategy.mu=0.1 partition.alpha=0.3 runtime.name=ray")
+
+
+@app.command(epilog=OVERRIDE_EPILOG)
 def run(file: ScenarioFile, overrides: Overrides = None) -> None:
-    """Run a scenario: fedsim run FILE [key.path=value ...]."""
+    """Run a scenario: fedsim run FILE \\[key.path=value ...]."""
     from fedsim.experiment import run_scenario
 
     scenario = _load(file, overrides)
@@ -43,20 +72,27 @@ def run(file: ScenarioFile, overrides: Overrides = None) -> None:
     _execute(lambda: run_scenario(scenario))
 
 
-def _execute(job) -> None:
-    """Run a job; a divergence or a deployment that could not finish exits 1, a data or
-    set-up problem 2, each with one message."""
+def _execute(job):
+    """Run a job; a divergence, a deployment that could not finish or a disk fault exits 1,
+    a data, scenario or checkpoint problem 2, each with one message."""
     from fedsim.runtimes.deployment import DeploymentError
     from fedsim.apps.server import Diverged
+    from fedsim.scenario import ScenarioError
 
     try:
-        job()
+        return job()
     except Diverged as exc:
         err.print(f"[red]stopped:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
-    except (ValueError, FileNotFoundError) as exc:  # data or set-up problems the user can fix
+    except (ScenarioError, ValueError, FileNotFoundError) as exc:  # problems the user can fix
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
+    except OSError as exc:  # the machine: a full disk, a read-only or blocked output path
+        where = f" {exc.filename}" if exc.filename else ""
+        err.print(f"[red]error:[/red] cannot write{where}: {exc.strerror or exc} "
+                  "(check output.dir: free space, permissions, and that no file is in the way); "
+                  "files written before are intact", highlight=False)
+        raise typer.Exit(1) from None
     except DeploymentError as exc:  # the run started on a SuperLink and could not finish
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
@@ -83,11 +119,7 @@ def sweep(
     """Run every combination of the scenario's sweep: grid and the axes given here."""
     from fedsim.sweep import run_sweep
 
-    try:
-        sweep_dir = run_sweep(file, axes or [], jobs=jobs, out_dir=out_dir, log=err.print)
-    except ScenarioError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+    sweep_dir = _execute(lambda: run_sweep(file, axes or [], jobs=jobs, out_dir=out_dir, log=err.print))
     err.print(f"sweep directory: {sweep_dir}  (fedsim report {sweep_dir})")
 
 
@@ -99,20 +131,24 @@ def report(
     """Table over a sweep's runs (mean ± std over seeds) and comparison plots."""
     from fedsim.sweep import manifest_warnings, report as make_report
 
-    try:
-        table = make_report(sweep_dir, target)
-    except ScenarioError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+    table = _execute(lambda: make_report(sweep_dir, target))
     for warning in manifest_warnings(sweep_dir):
         err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     view = Table(title=f"{sweep_dir}")
-    for col in table.columns:
-        view.add_column(str(col), justify="left" if col == "config" else "right")
+    for col in table.columns:  # whole cells: two configurations never look the same
+        view.add_column(str(col), justify="left" if col == "config" else "right", no_wrap=True)
     for row in table.itertuples(index=False):
         view.add_row(*(str(v) for v in row))
-    out.print(view)
+    _print_whole(view)
     err.print(f"wrote {sweep_dir / 'report.csv'} and {sweep_dir / 'report_accuracy.png'}")
+
+
+def _print_whole(table: Table) -> None:
+    """Print a table at its natural width, wider than the terminal if need be (not cut)."""
+    from rich.measure import Measurement
+
+    width = Measurement.get(out, out.options.update(width=100_000), table).maximum
+    Console(width=max(out.width, width)).print(table)
 
 
 @app.command()
@@ -122,11 +158,7 @@ def attack(file: ScenarioFile, overrides: Overrides = None) -> None:
 
     attack_one_step = registry.get("command", "attack").factory
     scenario = _load(file, overrides)
-    try:
-        results, _, run_dir = attack_one_step(scenario)
-    except (ValueError, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+    results, _, run_dir = _execute(lambda: attack_one_step(scenario))
     table = Table(title=f"{scenario.name}: {scenario.eavesdropper.name} on one client step")
     for col in ("client", "upload", "examples", "PSNR (dB)", "SSIM", "label acc", "matching loss", "seconds"):
         table.add_column(col, justify="right")
@@ -171,7 +203,7 @@ def trace(
     err.print(f"wrote {path}")
 
 
-@app.command()
+@app.command(epilog=OVERRIDE_EPILOG)
 def validate(file: ScenarioFile, overrides: Overrides = None) -> None:
     """Check a scenario and print it resolved, with every default filled in."""
     import yaml
@@ -192,21 +224,35 @@ def schema() -> None:
     print(json.dumps(scenario_schema(), indent=1))
 
 
+PLURALS = {"strategy": "strategies", "topology": "topologies", "world_layer": "world layers",
+           "participation": "participation models",
+           "byzantine": "byzantine attacks", "inversion": "inversion attacks"}
+
+
+def plural(kind: str) -> str:
+    return PLURALS.get(kind, kind + "s")
+
+
+def param_summary(params) -> str:
+    """``name=default`` for each parameter; ``name (required)`` when it has no default."""
+    return ", ".join(f"{k} (required)" if f.is_required() else f"{k}={f.get_default(call_default_factory=True)!r}"
+                     for k, f in params.model_fields.items())
+
+
 @app.command(name="list")
 def list_components() -> None:
-    """List the registered datasets, partitioners, models and strategies."""
+    """List the registered components (datasets, partitioners, models, strategies, ...) with their parameters."""
     from fedsim import registry
 
     for kind, entries in registry.entries().items():
         if not entries:
             continue
-        table = Table(title=f"{kind}s", title_justify="left")
-        table.add_column("name", style="bold")
-        table.add_column("description")
-        table.add_column("parameters")
+        table = Table(title=plural(kind), title_justify="left")
+        table.add_column("name", style="bold", no_wrap=True)
+        table.add_column("description", overflow="fold")
+        table.add_column("parameters", overflow="fold")
         for e in entries:
-            params = ", ".join(f"{k}={f.default!r}" for k, f in e.params.model_fields.items())
-            table.add_row(e.name, e.description, params)
+            table.add_row(e.name, e.description, param_summary(e.params))
         out.print(table)
 
 
@@ -217,12 +263,9 @@ def partitions(file: ScenarioFile, overrides: Overrides = None) -> None:
     from fedsim.data.partition import label_histograms, make_partitions
 
     sc = _load(file, overrides)
-    try:
-        ds = load_dataset(sc.dataset.name, sc.dataset.raw_params(), sc.seed)
-        parts = make_partitions(sc.partition.name, sc.partition.params, ds.y_train, sc.num_clients, sc.seed, ds.groups)
-    except (ValueError, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+    ds = _execute(lambda: load_dataset(sc.dataset.name, sc.dataset.raw_params(), sc.seed))
+    parts = _execute(lambda: make_partitions(sc.partition.name, sc.partition.params, ds.y_train, sc.num_clients,
+                                             sc.seed, ds.groups))
     hist = label_histograms(parts, ds.y_train, ds.num_classes)
     table = Table(title=f"{sc.name}: {sc.partition.name} partition of {sc.dataset.name}")
     table.add_column("client", justify="right")
@@ -292,7 +335,7 @@ def cluster_up(
         raise typer.Exit(1) from None
     rt = " ".join(f"runtime.{k}={v}" for k, v in cluster.runtime().items())
     out.print(f"SuperLink {cluster.superlink} and {nodes} SuperNodes are up; logs in {cluster.dir / 'logs'}")
-    out.print(f"fedsim run FILE num_clients={nodes} {rt}", highlight=False)
+    out.print(f"fedsim run FILE num_clients={nodes} {rt}", highlight=False, soft_wrap=True)  # one line: copy-pasteable
 
 
 @cluster_app.command("down")

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedsim import atomic
 from fedsim.scenario import Scenario
 from fedsim.sinks import make_sinks
 
@@ -56,14 +57,14 @@ class Recorder:
         elif resume_round:
             self.dir = Path(run_dir)
             self.rows = [r for r in _read_rows(self.dir / "metrics.jsonl") if r["round"] <= resume_round]
-            (self.dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+            atomic.write_text(self.dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows))
         else:
             self.dir = Path(run_dir)
             self.dir.mkdir(parents=True, exist_ok=True)
             if (self.dir / "metrics.jsonl").exists():
                 raise FileExistsError(f"{self.dir} already holds a run")
         if not resume_round:
-            (self.dir / "scenario.yaml").write_text(yaml.safe_dump(scenario.to_dict(), sort_keys=False))
+            atomic.write_text(self.dir / "scenario.yaml", yaml.safe_dump(scenario.to_dict(), sort_keys=False))
         self._jsonl = open(self.dir / "metrics.jsonl", "a", buffering=1)
         self.sinks = make_sinks(scenario, self.dir)
         self.console = console or Console(stderr=True)
@@ -79,9 +80,7 @@ class Recorder:
 
     def write_json(self, name: str, record) -> Path:
         """An end-of-run record (``<name>.json``) in the run directory."""
-        path = self.dir / f"{name}.json"
-        path.write_text(json.dumps(record))
-        return path
+        return atomic.write_text(self.dir / f"{name}.json", json.dumps(record))
 
     def close(self) -> None:
         if self._progress is not None:
@@ -96,15 +95,15 @@ class Recorder:
         """Write the CSV, the plot and the model; print a summary; return the metrics."""
         self.close()
         df = read_metrics(self.dir)
-        df.to_csv(self.dir / "metrics.csv", index=False)
+        atomic.write_with(self.dir / "metrics.csv", lambda tmp: df.to_csv(tmp, index=False))
         if self.scenario.output.plot and len(df):
-            plot_metrics(df, self.dir / "metrics.png", self.scenario.name)
+            atomic.write_with(self.dir / "metrics.png", lambda tmp: plot_metrics(df, tmp, self.scenario.name))
         if self.scenario.output.save_model and model is not None:
-            torch.save(model.state_dict(), self.dir / "model.pt")
+            atomic.write_with(self.dir / "model.pt", lambda tmp: torch.save(model.state_dict(), tmp))
         summary = summarize(df)
         if (self.dir / "audit.json").exists():  # fedsim.world.audit's estimate, next to the formal ε
             summary["audit"] = json.loads((self.dir / "audit.json").read_text())
-        (self.dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        atomic.write_text(self.dir / "summary.json", json.dumps(summary, indent=1))
         if self.scenario.output.progress:
             self.console.print(summary_table(df, self.scenario.name))
             self.console.print(f"run directory: {self.dir}")
@@ -159,27 +158,33 @@ def read_metrics(run_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(_read_rows(Path(run_dir) / "metrics.jsonl"))
 
 
-def plot_metrics(df: pd.DataFrame, path: Path, title: str) -> None:
+def plot_metrics(df: pd.DataFrame, path: Path, title: str):
     from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend
 
     fig = Figure(figsize=(10, 4))
     ax_acc, ax_loss = fig.subplots(1, 2)
-    if "test_acc" in df:
-        d = df.dropna(subset=["test_acc"])
-        ax_acc.plot(d["round"], d["test_acc"], marker=".", label="test (global model)")
-    if "fed_acc" in df:
-        d = df.dropna(subset=["fed_acc"])
-        ax_acc.plot(d["round"], d["fed_acc"], marker=".", label="federated (clients' data)")
+    for ax, curves in ((ax_acc, (("test_acc", "test (global model)"), ("fed_acc", "federated (clients' data)"))),
+                       (ax_loss, (("train_loss", "train (clients)"), ("test_loss", "test"), ("fed_loss", "federated")))):
+        for key, label in curves:  # only curves with points: no empty legend entries
+            d = df.dropna(subset=[key]) if key in df else df.iloc[:0]
+            if len(d):
+                ax.plot(d["round"], d[key], marker=".", label=label)
+        if ax.lines:
+            ax.legend()
     ax_acc.set(xlabel="round", ylabel="accuracy", title=f"{title}: accuracy")
-    ax_acc.legend()
-    for key, label in (("train_loss", "train (clients)"), ("test_loss", "test")):
-        if key in df:
-            d = df.dropna(subset=[key])
-            ax_loss.plot(d["round"], d[key], marker=".", label=label)
     ax_loss.set(xlabel="round", ylabel="loss", title=f"{title}: loss")
-    ax_loss.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
+    return fig
+
+
+# gradient-inversion results (fedsim.attacks.eavesdropper), averaged over the attacked rounds
+ATTACK_MEANS = {"attack_psnr": "attack PSNR (dB)", "attack_ssim": "attack SSIM", "attack_label_acc": "attack label accuracy",
+                "attack_latent_psnr": "attack latent PSNR (dB)", "attack_latent_ssim": "attack latent SSIM"}
+
+
+def _column(df: pd.DataFrame, key: str) -> pd.Series:
+    return df[key].dropna() if key in df else pd.Series(dtype=float)
 
 
 def plot_accuracy_time(lines: list[tuple[str | None, list[float], list[float], str | None]], path: Path,
@@ -201,12 +206,15 @@ def plot_accuracy_time(lines: list[tuple[str | None, list[float], list[float], s
 
 
 def summarize(df: pd.DataFrame) -> dict:
-    """The run's headline numbers (its presence marks a complete run)."""
-    acc = df["test_acc"].dropna() if "test_acc" in df else pd.Series(dtype=float)
+    """The run's headline numbers (its presence marks a complete run). Personalised runs
+    (HyperFL) have no global test accuracy: their federated accuracy (``fed_acc``) is kept."""
+    acc, fed = _column(df, "test_acc"), _column(df, "fed_acc")
     return {
         "rounds": len(df),
         "final_test_acc": float(acc.iloc[-1]) if len(acc) else None,
         "best_test_acc": float(acc.max()) if len(acc) else None,
+        **({"final_fed_acc": float(fed.iloc[-1]), "best_fed_acc": float(fed.max())} if len(fed) else {}),
+        **{f"mean_{k}": float(_column(df, k).mean()) for k in ATTACK_MEANS if len(_column(df, k))},
         "bytes_down": int(df["bytes_down"].sum()) if "bytes_down" in df else 0,
         "bytes_up": int(df["bytes_up"].sum()) if "bytes_up" in df else 0,
         "seconds": float(df["seconds"].sum()) if "seconds" in df else 0.0,
@@ -224,6 +232,13 @@ def summary_table(df: pd.DataFrame, name: str) -> Table:
         acc = df["test_acc"].dropna()
         table.add_row("final test accuracy", f"{acc.iloc[-1]:.4f}")
         table.add_row("best test accuracy", f"{acc.max():.4f}")
+    fed = _column(df, "fed_acc")
+    if len(fed):  # federated evaluation; the only accuracy of personalised runs (HyperFL)
+        table.add_row("final federated accuracy", f"{fed.iloc[-1]:.4f}")
+        table.add_row("best federated accuracy", f"{fed.max():.4f}")
+    for key, label in ATTACK_MEANS.items():
+        if len(_column(df, key)):
+            table.add_row(f"{label}, mean of attacked rounds", f"{_column(df, key).mean():.3f}")
     if "test_loss" in df and df["test_loss"].notna().any():  # regression runs have a loss only
         table.add_row("final test loss", f"{df['test_loss'].dropna().iloc[-1]:.4f}")
     table.add_row("bytes down / up", f"{df['bytes_down'].sum():,} / {df['bytes_up'].sum():,}")

@@ -18,7 +18,8 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, RecordDict
+from flwr.serverapp import Grid
 
 _MAGIC = b"\x93NUMPY"
 
@@ -131,3 +132,42 @@ def num_examples(content: RecordDict, key: str = "num-examples") -> float:
 def index_array(indices: np.ndarray) -> Array:
     """A partition's example indices as an int64 ``Array`` (the setup message's payload)."""
     return Array(np.ascontiguousarray(indices, dtype=np.int64))
+
+
+# ------------------------------------------------------------------ client identity
+
+PARTITION_ID = "partition-id"  # Flower's node_config key: the data partition a node holds
+
+
+def reported_partition(message: Message) -> int | None:
+    """The partition id a client put in its reply: ``"partition-id"`` in any config or
+    metric record (fedsim's ClientApp adds ``ConfigRecord({"partition-id": ...})`` under
+    ``"node"``, read from Flower's ``context.node_config``); None if it reported none."""
+    if message.has_error():
+        return None
+    for record in (*message.content.config_records.values(), *message.content.metric_records.values()):
+        if PARTITION_ID in record:
+            return int(record[PARTITION_ID])
+    return None
+
+
+class ClientIndex:
+    """Partition ids of replies on any Flower Grid, for strategies that keep state per client.
+
+    A reply's id is the ``"partition-id"`` it reports (:func:`reported_partition`); a client
+    that reports none is given a stable index by node id, in the order the grid first
+    listed the nodes (``see``). Nothing beyond Flower's own ``Grid`` API is needed.
+    """
+
+    def __init__(self) -> None:
+        self._by_node: dict[int, int] = {}
+
+    def see(self, grid: Grid) -> None:
+        for node_id in grid.get_node_ids():
+            self._by_node.setdefault(int(node_id), len(self._by_node))
+
+    def __call__(self, reply: Message) -> int:
+        pid = reported_partition(reply)
+        if pid is None:
+            pid = self._by_node.setdefault(int(reply.metadata.src_node_id), len(self._by_node))
+        return pid

@@ -79,12 +79,17 @@ def register(
         raise ValueError(f"unknown component kind {kind!r}; kinds: {', '.join(_entries)}")
 
     def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
-        doc = description or (factory.__doc__ or "").strip().splitlines()[0:1]
-        text = doc if isinstance(doc, str) else (doc[0] if doc else "")
+        text = description or summary(factory.__doc__)
         _entries[kind][name] = Entry(kind, name, factory, params, text, dict(extras))
         return factory
 
     return deco
+
+
+def summary(doc: str | None) -> str:
+    """A docstring's first paragraph on one line (its lines joined; never cut mid-sentence)."""
+    paragraph = (doc or "").strip().split("\n\n", 1)[0]
+    return " ".join(line.strip() for line in paragraph.splitlines())
 
 
 def add_kind(kind: str) -> None:

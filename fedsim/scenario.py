@@ -4,20 +4,29 @@ Validation happens in two phases, both reported with the file, the key path, wha
 expected and what was found (and the YAML line where there is one):
 
 1. the scenario's own structure (pydantic models, unknown keys forbidden);
-2. each component's parameters against the params model its registry entry declares.
+2. each component's parameters against the params model its registry entry declares;
+
+then cross-field checks (rounds an attack or churn event names, clients the data can
+feed). Every problem of a file and its overrides is reported at once; unknown keys and
+names get a "did you mean" from :mod:`difflib`; a problem an override made is blamed on
+that override (``override strategy.muu=1``), not on a line of the file.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
+import typing
 import ipaddress
 import json
+import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
 from fedsim import registry
 from fedsim.world.devices import AsynchronousParams, DeviceParams, asynchronous_errors
@@ -200,7 +209,7 @@ class Scenario(_Strict):
     evaluation: Evaluation = Field(Evaluation(), description="evaluation of the global model")
     runtime: Runtime = Field(InProcessRuntime(), description="where the Flower app runs: inprocess, ray or deployment")
     output: Output = Field(Output(), description="what the run writes")
-    sweep: dict[str, list[Any]] | None = Field(None, description="dotted key -> values; run with fedsim sweep")
+    sweep: dict[str, list[JsonValue]] | None = Field(None, description="dotted key -> values; run with fedsim sweep")
     # decentralized runs (fedsim.world.topology, fedsim.world.network)
     topology: Component | None = Field(None, description="the gossip graph of decentralized strategies (kind topology)")
     network: NetworkParams | None = Field(None, description="the virtual clock's network model")
@@ -236,15 +245,21 @@ COMPONENTS = {
 
 
 def _line_index(text: str) -> dict[tuple, int]:
-    """Map each key path of a YAML document to its 1-based line number."""
+    """Map each key path of a YAML document to its 1-based line number (an aliased node
+    is walked once: a document of nested aliases stays linear)."""
     index: dict[tuple, int] = {}
+    seen: set[int] = set()
 
     def walk(node, path):
+        if id(node) in seen:
+            return
+        seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
-                p = path + (key.value,)
-                index[p] = key.start_mark.line + 1
-                walk(value, p)
+                if isinstance(key, yaml.ScalarNode):
+                    p = path + (key.value,)
+                    index[p] = key.start_mark.line + 1
+                    walk(value, p)
         elif isinstance(node, yaml.SequenceNode):
             for i, value in enumerate(node.value):
                 index[path + (i,)] = value.start_mark.line + 1
@@ -252,7 +267,7 @@ def _line_index(text: str) -> dict[tuple, int]:
 
     try:
         walk(yaml.compose(text, Loader=yaml.SafeLoader), ())
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         pass
     return index
 
@@ -269,24 +284,102 @@ def _strip_tags(loc: tuple, data: dict) -> tuple:
     return tuple(out)
 
 
-def _describe(err: dict, source: str, lines: dict[tuple, int], data: dict) -> str:
+def _shown(value: Any) -> str:
+    """A found value in a message: JSON for scalars, short and bounded for the rest (a
+    YAML document can alias one list into an exponentially large tree)."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if value is None or isinstance(value, (str, int, float, bool)):
+        shown = json.dumps(value)
+    else:
+        shown = _REPR.repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+_REPR = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxstring, _REPR.maxother = 3, 6, 60, 60
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Optional, unions, lists)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _known_keys(parent: tuple, data: dict) -> list[str]:
+    """The keys the scenario allows in the mapping at ``parent`` (for "did you mean")."""
+    node: Any = data
+    models: list[type[BaseModel]] = [Scenario]
+    keys: list[str] = []
+    rest = parent
+    if parent and parent[0] in COMPONENTS:
+        section = data.get(parent[0])
+        if not isinstance(section, dict) or not isinstance(section.get("name"), str):
+            return []
+        try:
+            models = [registry.get(COMPONENTS[parent[0]], section["name"]).params]
+        except KeyError:
+            return []
+        node, rest, keys = section, parent[1:], ["name"] if len(parent) == 1 else []
+    for part in rest:
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None
+        if isinstance(part, int):  # an item of a list: the same models
+            continue
+        models = [m for model in models if part in model.model_fields
+                  for m in _models_in(model.model_fields[part].annotation)]
+    if len(models) > 1 and isinstance(node, dict):  # a discriminated union: the one named
+        named = [m for m in models if "name" in m.model_fields
+                 and node.get("name") in typing.get_args(m.model_fields["name"].annotation)]
+        models = named or models
+    return keys + [k for m in models for k in m.model_fields]
+
+
+def did_you_mean(word: Any, choices: list[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` (difflib), else ``""``."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _override_for(loc: tuple, origins: dict[tuple, str]) -> str | None:
+    """The override that set the value at ``loc`` or a mapping above it."""
+    return next((origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins), None)
+
+
+def _describe(err: dict, source: str, lines: dict[tuple, int], data: dict, origins: dict[tuple, str]) -> str:
     loc = _strip_tags(tuple(err["loc"]), data)
+    ctx = err.get("ctx", {})
+    if err["type"] == "union_tag_invalid":  # the tag key itself (runtime.name)
+        loc = (*loc, str(ctx.get("discriminator", "name")).strip("'"))
     path = ".".join(str(p) for p in loc) or "(top level)"
-    line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
-    where = f"{source}:{line}" if line else source
+    override = _override_for(loc, origins) if loc else None
+    if override is not None:
+        where = f"override {override}"
+    else:
+        line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+        where = f"{source}:{line}" if line else source
     found = err.get("input")
     if err["type"] == "extra_forbidden":
-        return f"{where}: key '{path}': unknown key (found {found!r})"
+        hint = did_you_mean(loc[-1], _known_keys(loc[:-1], data)) if loc else ""
+        return f"{where}: key '{path}': unknown key (found {_shown(found)}){hint}"
     if err["type"] == "missing":
         return f"{where}: key '{path}': required key is missing"
-    shown = json.dumps(found, default=str) if not isinstance(found, dict) else "a mapping"
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
-    return f"{where}: key '{path}': {err['msg']} (found {shown})"
+    if err["type"] in ("union_tag_invalid", "literal_error"):
+        choices = re.findall(r"'([^']*)'", ctx.get("expected_tags", ctx.get("expected", "")))
+        word = ctx.get("tag", found)
+        return (f"{where}: key '{path}': unknown value {_shown(word)}{did_you_mean(word, choices)} "
+                f"(choices: {', '.join(choices)})")
+    return f"{where}: key '{path}': {err['msg']} (found {_shown(found)})"
 
 
-def _fail(errors: list[dict], source: str, lines: dict[tuple, int], data: dict) -> ScenarioError:
-    msgs = [_describe(e, source, lines, data) for e in errors]
+def _fail(errors: list[dict], source: str, lines: dict[tuple, int], data: dict,
+          origins: dict[tuple, str] | None = None) -> ScenarioError:
+    msgs = list(dict.fromkeys(_describe(e, source, lines, data, origins or {}) for e in errors))
     head = f"invalid scenario {source}" if len(msgs) > 1 else "invalid scenario"
     return ScenarioError(head + ":\n  " + "\n  ".join(msgs))
 
@@ -305,75 +398,162 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: dict, overrides: list[str] | dict[str, Any]) -> dict:
-    """Set dotted keys (``strategy.mu=0.1``) in a copy of the raw scenario mapping."""
+def apply_overrides(data: dict, overrides: list[str] | dict[str, Any], origins: dict[tuple, str] | None = None) -> dict:
+    """Set dotted keys (``strategy.mu=0.1``) in a copy of the raw scenario mapping.
+
+    Every malformed override is reported at once; ``origins`` (when given) receives each
+    key path set and the override that set it, so validation blames the override."""
     data = copy.deepcopy(data)
-    items = (
-        [(k.replace("__", ".").split("."), v) for k, v in overrides.items()]
-        if isinstance(overrides, dict)
-        else [parse_override(o) for o in overrides]
-    )
-    for path, value in items:
+    items: list[tuple[list[str], Any, str]] = []
+    problems: list[str] = []
+    if isinstance(overrides, dict):
+        items = [(k.replace("__", ".").split("."), v, f"{k.replace('__', '.')}={v}") for k, v in overrides.items()]
+    else:
+        for item in overrides:
+            try:
+                items.append((*parse_override(item), item))
+            except ScenarioError as exc:
+                problems.append(str(exc))
+    for path, value, text in items:
         node = data
         for i, part in enumerate(path[:-1]):
             nxt = node.get(part)
             if nxt is None:
                 nxt = node[part] = {}
             if not isinstance(nxt, dict):
-                raise ScenarioError(
-                    f"override '{'.'.join(path)}': '{'.'.join(path[: i + 1])}' is not a mapping"
-                )
+                problems.append(f"override {text}: '{'.'.join(path[: i + 1])}' is not a mapping")
+                break
             node = nxt
-        node[path[-1]] = value
+        else:
+            node[path[-1]] = value
+            if origins is not None:
+                origins[tuple(path)] = text
+    if problems:
+        raise ScenarioError("\n".join(problems) if len(problems) == 1 else "invalid overrides:\n  " + "\n  ".join(problems))
     return data
 
 
 def read_yaml(path: str | Path) -> tuple[dict, dict[tuple, int]]:
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
-        raise ScenarioError(f"cannot read scenario {path}: {exc.strerror}") from None
+        raise ScenarioError(f"cannot read scenario {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(
+            f"{path}: not a text file (byte {exc.start} is not UTF-8): a scenario is a YAML mapping"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ScenarioError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise ScenarioError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    except RecursionError:
+        raise ScenarioError(f"{path}: nested too deeply to be a scenario") from None
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: a scenario must be a YAML mapping, found {type(data).__name__}")
     return data, _line_index(text)
 
 
-def validate(data: dict, source: str = "<scenario>", lines: dict | None = None) -> Scenario:
-    """Validate a raw scenario mapping: structure first, then every component's params."""
+def validate(data: dict, source: str = "<scenario>", lines: dict | None = None,
+             origins: dict[tuple, str] | None = None) -> Scenario:
+    """Validate a raw scenario mapping: its structure, every component's params, then the
+    cross-field checks; all problems are reported together."""
     lines = lines or {}
+    scenario: Scenario | None = None
+    errors: list[dict] = []
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
-        raise _fail(exc.errors(), source, lines, data) from None
+        errors += exc.errors()
+    errors += _component_errors(scenario, data)
+    if scenario is not None:
+        errors += _decentralized_only(scenario, data)
+        errors += _defense_fits(scenario, data)
+        errors += _rounds_in_range(scenario)
+        errors += _data_fits(scenario)
+        errors += asynchronous_errors(scenario, data)
+    if errors:
+        raise _fail(errors, source, lines, data, origins)
+    assert scenario is not None
+    return scenario
+
+
+def _component_errors(scenario: Scenario | None, data: dict) -> list[dict]:
+    """Each component's params against its registered params model (kept on the
+    component). Without a valid scenario, the raw sections that name a component."""
     errors: list[dict] = []
     for field, kind in COMPONENTS.items():
-        comp: Component | None = getattr(scenario, field)
-        if comp is None:  # an optional section left out
-            continue
+        comp: Component | None = None
+        if scenario is not None:
+            comp = getattr(scenario, field)
+            if comp is None:  # an optional section left out
+                continue
+            name, raw = comp.name, comp.raw_params()
+        else:
+            section = data.get(field) if isinstance(data, dict) else None
+            if not isinstance(section, dict) or not isinstance(section.get("name"), str):
+                continue
+            name, raw = section["name"], {k: v for k, v in section.items() if k != "name"}
         try:
-            entry = registry.get(kind, comp.name)
+            entry = registry.get(kind, name)
         except KeyError as exc:
-            errors.append(
-                {"loc": (field, "name"), "type": "value_error", "msg": exc.args[0], "input": comp.name}
-            )
+            msg = exc.args[0] + did_you_mean(name, registry.names(kind))
+            errors.append({"loc": (field, "name"), "type": "value_error", "msg": msg, "input": name})
             continue
         try:
-            comp._params = entry.params.model_validate(comp.raw_params())
+            params = entry.params.model_validate(raw)
         except ValidationError as exc:
             errors += [{**e, "loc": (field, *e["loc"])} for e in exc.errors()]
-    errors += _decentralized_only(scenario, data)
-    errors += _defense_fits(scenario, data)
-    errors += asynchronous_errors(scenario, data)
-    if errors:
-        raise _fail(errors, source, lines, data)
-    return scenario
+            continue
+        if comp is not None:  # the resolved scenario names every parameter, defaults included
+            comp._params = params
+            comp.__pydantic_extra__ = params.model_dump()
+    return errors
+
+
+def _rounds_in_range(scenario: Scenario) -> list[dict]:
+    """Rounds a component or a churn event names must exist (1..rounds); client ids a
+    component targets (``targets``) must be partition ids (0..num_clients-1)."""
+    errors = []
+    for field in COMPONENTS:
+        comp: Component | None = getattr(scenario, field)
+        params = comp._params if comp is not None else None
+        for key, low, high, what in (("rounds", 1, scenario.rounds, f"rounds={scenario.rounds}"),
+                                     ("targets", 0, scenario.num_clients - 1, f"num_clients={scenario.num_clients}")):
+            values = getattr(params, key, None)
+            if not isinstance(values, (list, tuple, set, frozenset)):
+                continue
+            bad = sorted(v for v in values if isinstance(v, int) and not low <= v <= high)
+            if bad:
+                msg = f"{bad} out of range: the scenario has {what} ({key} {low}..{high})"
+                errors.append({"loc": (field, key), "type": "value_error", "msg": msg, "input": bad})
+    for i, event in enumerate(scenario.churn):
+        if event.round > scenario.rounds:
+            msg = f"churn at round {event.round} never happens: the scenario has rounds={scenario.rounds}"
+            errors.append({"loc": ("churn", i, "round"), "type": "value_error", "msg": msg, "input": event.round})
+    return errors
+
+
+def _data_fits(scenario: Scenario) -> list[dict]:
+    """num_clients against the training examples the dataset holds (datasets that know it
+    before loading register ``train_size=f(params)``; partitioners that need more than one
+    example per client register ``min_examples=f(params, num_clients)``)."""
+    ds, part, n = scenario.dataset, scenario.partition, scenario.num_clients
+    if ds._params is None or part._params is None:
+        return []
+    size = registry.get("dataset", ds.name).extras.get("train_size", lambda p: None)(ds._params)
+    if size is None:
+        return []
+    need = registry.get("partitioner", part.name).extras.get("min_examples", lambda p, k: k)(part._params, n)
+    if need <= size:
+        return []
+    msg = (f"dataset '{ds.name}' has {size} training examples; partition '{part.name}' needs {need} "
+           f"for {n} clients: lower num_clients")
+    return [{"loc": ("num_clients",), "type": "value_error", "msg": msg, "input": n}]
 
 
 def _decentralized_only(scenario: Scenario, data: dict) -> list[dict]:
@@ -442,9 +622,13 @@ def load(
     else:
         data, lines = read_yaml(source)
         name = str(source)
-    if overrides:
-        data = apply_overrides(data, overrides)
-    return validate(data, name, lines)
+    origins: dict[tuple, str] = {}
+    try:
+        if overrides:
+            data = apply_overrides(data, overrides, origins)
+        return validate(data, name, lines, origins)
+    except RecursionError:
+        raise ScenarioError(f"{name}: nested too deeply to be a scenario") from None
 
 
 def from_json(blob: str) -> Scenario:

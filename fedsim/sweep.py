@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from fedsim import manifest
+from fedsim import atomic, manifest
 from fedsim.scenario import ScenarioError, apply_overrides, read_yaml, validate
 
 
@@ -150,10 +150,10 @@ def report(sweep_dir: str | Path, target: float) -> pd.DataFrame:
         })
     table = pd.DataFrame(rows)
     sweep_dir = Path(sweep_dir)
-    runs.to_csv(sweep_dir / "report_runs.csv", index=False)
-    table.to_csv(sweep_dir / "report.csv", index=False)
-    _plot(df, sweep_dir / "report_accuracy.png")
-    (sweep_dir / "report.json").write_text(json.dumps(rows, indent=1))
+    atomic.write_with(sweep_dir / "report_runs.csv", lambda tmp: runs.to_csv(tmp, index=False))
+    atomic.write_with(sweep_dir / "report.csv", lambda tmp: table.to_csv(tmp, index=False))
+    atomic.write_with(sweep_dir / "report_accuracy.png", lambda tmp: _plot(df, tmp))
+    atomic.write_text(sweep_dir / "report.json", json.dumps(rows, indent=1))
     return table
 
 
@@ -169,4 +169,4 @@ def _plot(df: pd.DataFrame, path: Path) -> None:
     ax.set(xlabel="round", ylabel="test accuracy", title="accuracy per configuration (mean ± std over seeds)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")

@@ -26,6 +26,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp import strategy as flwr_strategy
 from pydantic import Field
 
+from fedsim.records import ClientIndex
 from fedsim.registry import Params
 from fedsim.sampling import SeededSampling
 from fedsim.state import Checkpointable
@@ -88,13 +89,13 @@ class UpdateAggregation(Checkpointable, SeededSampling, flwr_strategy.FedAvg):
         self.num_clients = num_clients
         self.global_lr = global_lr
         self.state = None
-        self._grid: Grid | None = None
+        self._clients = ClientIndex()  # partition id of each reply, on any Flower grid
         self._layout: Layout | None = None
         self._x: np.ndarray | None = None
         self.last_round = 0  # the last round aggregated
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
-        self._grid = grid
+        self._clients.see(grid)
         self._layout = Layout(arrays)
         self._x = self._layout.flatten(arrays)
         return super().configure_train(server_round, arrays, config, grid)
@@ -110,8 +111,8 @@ class UpdateAggregation(Checkpointable, SeededSampling, flwr_strategy.FedAvg):
     def aggregate_train(self, server_round: int, replies) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self.last_round = server_round
         valid, _ = self._check_and_log_replies(list(replies), is_train=True)
-        assert self._layout is not None and self._x is not None and self._grid is not None
-        participants = np.array([self._grid.partition_of(m) for m in valid], dtype=np.int64)
+        assert self._layout is not None and self._x is not None
+        participants = np.array([self._clients(m) for m in valid], dtype=np.int64)
         deltas = np.zeros((len(valid), self._layout.size))
         for row, m in zip(deltas, valid, strict=True):
             row[:] = self._layout.flatten(m.content[self.arrayrecord_key]) - self._x

@@ -12,6 +12,7 @@ from flwr.app import ConfigRecord, RecordDict
 from typer.testing import CliRunner
 
 import fedsim
+from fedsim.scenario import ScenarioError
 from fedsim.attacks.dia import DIAParams, DropoutInversion, well_informed
 from fedsim.attacks.eavesdropper import GroundTruth
 from fedsim.attacks.gifd import GIFD, GIFDParams, project_l1_ball, project_sphere
@@ -340,11 +341,15 @@ def test_fedsim_attack_runs_one_client_step(tiny, tmp_path):
 def test_eavesdropper_refuses_uploads_it_cannot_replay_and_unknown_targets(tiny, tmp_path):
     from fedsim.attacks.eavesdropper import Attacker, upload_kind
 
-    tiny["eavesdropper"] = {"name": "ig", "targets": [4]}
+    tiny["eavesdropper"] = {"name": "ig", "targets": [3]}
     assert upload_kind(fedsim.load_scenario(tiny, {"strategy.name": "fedsgd"})) == "gradient"
     assert upload_kind(fedsim.load_scenario(tiny)) == "update"
     with pytest.raises(ValueError, match="own client objective"):
         upload_kind(fedsim.load_scenario(tiny, {"strategy.name": "fedprox"}))
+    with pytest.raises(ScenarioError, match=r"'eavesdropper.targets': \[4\] out of range"):  # at validation
+        fedsim.load_scenario(tiny, {"eavesdropper.targets": [4]})
     setup = prepare(fedsim.load_scenario(tiny))
+    scenario = setup.scenario.model_copy(deep=True)  # built in Python, past validation
+    scenario.eavesdropper._params = scenario.eavesdropper.params.model_copy(update={"targets": [4]})
     with pytest.raises(ValueError, match=r"targets \[4\]"):
-        Attacker(setup.scenario, setup.dataset, setup.partitions, setup.model, tmp_path)
+        Attacker(scenario, setup.dataset, setup.partitions, setup.model, tmp_path)

@@ -252,11 +252,38 @@ def _container_engine() -> str | None:
     return None
 
 
+def _base_images() -> list[str]:
+    """The images the Dockerfile starts FROM (not its own earlier stages)."""
+    stages, images = set(), []
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if words[:1] and words[0].upper() == "FROM":
+            image = next(w for w in words[1:] if not w.startswith("--"))
+            if image not in stages:
+                images.append(image)
+            if len(words) >= 4 and words[-2].upper() == "AS":
+                stages.add(words[-1])
+    return images
+
+
+def _have_or_pull(engine: str, image: str) -> bool:
+    if subprocess.run([engine, "image", "inspect", image], capture_output=True, timeout=60).returncode == 0:
+        return True
+    return subprocess.run([engine, "pull", image], capture_output=True, timeout=600).returncode == 0
+
+
+def test_base_images_are_read_from_the_dockerfile():
+    assert _base_images() and all(":" in image or "@" in image for image in _base_images())
+
+
 @pytest.mark.slow
 def test_the_image_builds_and_runs_fedsim_as_a_non_root_user():
     engine = _container_engine()
     if engine is None:
         pytest.skip("no working container engine here (docker/podman: no daemon or not installed)")
+    missing = [image for image in _base_images() if not _have_or_pull(engine, image)]
+    if missing:
+        pytest.skip(f"base image {', '.join(missing)} cannot be pulled here (offline registry?)")
     subprocess.run([engine, "build", "-t", "fedsim:test", str(ROOT)], check=True, timeout=1800)
     out = subprocess.run([engine, "run", "--rm", "fedsim:test", "sh", "-c", "id -u && fedsim list"],
                          capture_output=True, text=True, check=True, timeout=300).stdout

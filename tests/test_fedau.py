@@ -71,9 +71,6 @@ class FakeGrid:
     def get_node_ids(self):
         return [100 + p for p in self.reachable]
 
-    def partition_of(self, message):
-        return message.metadata.src_node_id - 100
-
 
 def train_round(strategy, rnd, x, models, reachable):
     """One configure/aggregate round where partition p answers with model ``models[p]``."""
@@ -85,7 +82,8 @@ def train_round(strategy, rnd, x, models, reachable):
     for m in instructions:
         m.metadata.__dict__["_message_id"] = f"m{rnd}-{m.metadata.dst_node_id}"
         p = m.metadata.dst_node_id - 100
-        content = RecordDict({"arrays": ArrayRecord([models[p]]), "metrics": MetricRecord({"num-examples": 5, "train_loss": 0.5})})
+        content = RecordDict({"arrays": ArrayRecord([models[p]]), "metrics": MetricRecord({"num-examples": 5, "train_loss": 0.5}),
+                              "node": ConfigRecord({"partition-id": p})})  # as fedsim's ClientApp reports it
         replies.append(Message(content, reply_to=m))
     arrays, metrics = strategy.aggregate_train(rnd, replies)
     return arrays.to_numpy_ndarrays()[0], metrics

@@ -171,7 +171,8 @@ def test_only_phi_is_uploaded_and_private_state_persists_across_rounds(scenario,
     assert len(replies) == 8
     for content in replies:
         assert set(content["arrays"].keys()) == phi_keys  # no head, no embedding
-        assert set(content.keys()) == {"arrays", "metrics"}
+        assert set(content.keys()) == {"arrays", "metrics", "node"}  # node: who replied, nothing private
+        assert set(content["node"].keys()) == {"partition-id"}
         assert {"train_loss", "num-examples"} <= set(content["metrics"].keys())
     starts = {}
     for pid, v, head in started:  # per client: round-1 train, round-1 evaluation, round-2 train, ...

@@ -19,7 +19,10 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     text = "".join(o.get("text", "") for o in outputs)
-    assert "FedAvg final accuracy: 0." in text and "FedProx (alpha 0.1) final accuracy: 0." in text
+    assert "FedAvg final accuracy: 0." in text
+    fedprox = float(text.split("FedProx (alpha 0.1, MLP) final accuracy: ")[1].split()[0])
+    assert fedprox > 0.3  # it learns: chance is 0.1 (measured 0.622 at 8 rounds)
+    assert "TqdmWarning" not in "".join(o.get("text", "") for o in outputs if o.get("name") == "stderr")
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 2  # the matplotlib figure and the run's metrics.png
     assert any("test_acc" in o.get("data", {}).get("text/html", "") for o in outputs)  # the DataFrame

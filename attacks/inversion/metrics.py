@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedsim import atomic
+
 LPIPS_STATUS = "unavailable offline (needs pretrained AlexNet/VGG weights; not substituted)"
 
 
@@ -112,5 +114,5 @@ def save_grid(path: Path, rows: list[tuple[str, torch.Tensor]], pixel_range: tup
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    atomic.write_with(path, lambda tmp: fig.savefig(tmp, dpi=80, format=Path(path).suffix.lstrip(".") or "png"))
     plt.close(fig)

@@ -3,13 +3,18 @@
 A node learns its world in a setup exchange at the start of a run (``query.hello`` and
 ``query.setup``): the resolved scenario and its partition's example indices are kept in
 the node's ``Context.state``, so the same code serves the in-process grid, Ray actors and
-real SuperNodes. Datasets and a model instance are cached per process, keyed by the
+real SuperNodes. Under a ServerApp that is not fedsim's, the ServerApp sends that exchange
+with :func:`fedsim.apps.setup.connect_nodes`, or the run names a scenario file in its
+run config (``fedsim-scenario``) and each node sets itself up from it; otherwise every
+reply is an error saying so. Train replies carry the node's ``partition-id`` (a
+``ConfigRecord`` under ``"node"``), so strategies keyed by client need no fedsim grid. Datasets and a model instance are cached per process, keyed by the
 scenario, and the model is reset in place from each incoming message.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -21,7 +26,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fedsim import registry
-from fedsim.records import to_record, to_state_dict
+from fedsim.records import PARTITION_ID, to_record, to_state_dict
 from fedsim.scenario import Scenario, from_json
 from fedsim.training import derive_seed, evaluate, local_sgd, torch_generator
 
@@ -134,10 +139,12 @@ def _decoded(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
 
 Handler = Callable[[RecordDict, ClientEnv], RecordDict]
 
+SCENARIO_CONFIG = "fedsim-scenario"  # run_config key: a scenario file nodes set themselves up from
+
 
 def _env(context: Context) -> ClientEnv:
     if STATE_KEY not in context.state:
-        raise RuntimeError("this node was not set up: the server must send query.setup first")
+        _self_setup(context)
     blob = str(context.state[STATE_KEY]["scenario"])
     pid = int(context.state[STATE_KEY]["partition-id"])
     shared = _shared(blob)
@@ -162,13 +169,36 @@ def hello(msg: Message, context: Context) -> Message:
 @app.query("setup")
 def setup(msg: Message, context: Context) -> Message:
     """Keep the scenario and this partition's example indices in the node's state."""
-    cfg = msg.content["setup"]
-    context.state[STATE_KEY] = ConfigRecord(
-        {"scenario": str(cfg["scenario"]), "partition-id": int(context.node_config["partition-id"])}
-    )
-    context.state[INDEX_KEY] = ArrayRecord({"indices": msg.content["partition"]["indices"]})
+    _keep(context, str(msg.content["setup"]["scenario"]), msg.content["partition"]["indices"])
     env = _env(context)
     return Message(RecordDict({"node": MetricRecord({"num-examples": len(env.x)})}), reply_to=msg)
+
+
+def _keep(context: Context, scenario_json: str, indices: Array) -> None:
+    context.state[STATE_KEY] = ConfigRecord(
+        {"scenario": scenario_json, "partition-id": int(context.node_config["partition-id"])}
+    )
+    context.state[INDEX_KEY] = ArrayRecord({"indices": indices})
+
+
+def _self_setup(context: Context) -> None:
+    """Set this node up from the scenario file named in ``run_config["fedsim-scenario"]``
+    (a ServerApp that sent no set-up): the same partition the server side would send."""
+    path = context.run_config.get(SCENARIO_CONFIG)
+    if path is None or "partition-id" not in context.node_config:
+        raise RuntimeError(
+            f"fedsim's ClientApp on node {context.node_id} was not set up: it needs the scenario and its "
+            "partition. Send fedsim's set-up messages from the ServerApp "
+            "(fedsim.apps.setup.connect_nodes(grid, scenario) before the first round), or name a scenario "
+            f"file in the run config ({SCENARIO_CONFIG}=FILE), with node_config partition-id on every node"
+        )
+    from fedsim.apps.setup import partitions_of
+    from fedsim.records import index_array
+    from fedsim.scenario import load
+
+    scenario = load(str(path))
+    pid = int(context.node_config["partition-id"])
+    _keep(context, json.dumps(scenario.to_dict(), sort_keys=True), index_array(partitions_of(scenario)[pid]))
 
 
 @app.train()
@@ -200,6 +230,7 @@ def train(msg: Message, context: Context) -> Message:
         reply = handler(msg.content, env)
         if mod is not None:  # the defense transforms what leaves the client (clip, noise)
             reply = mod(msg.content, reply, env)
+        reply["node"] = ConfigRecord({PARTITION_ID: env.partition_id})  # who replied, on any grid
         return Message(reply, reply_to=msg)
 
 

@@ -131,7 +131,7 @@ class FederatedLoop:
             "failed_clients": failed,
         }
         # whatever else the strategy reports (weight spreads, memory, ...)
-        row.update({k: v for k, v in (train_metrics or {}).items() if k not in row and k != "num-examples"})
+        row.update({k: v for k, v in (train_metrics or {}).items() if k not in row and k not in ("num-examples", "partition-id")})
         if sc.evaluation.federated:
             eval_msgs = list(self.strategy.configure_evaluate(rnd, arrays, ConfigRecord(), self.grid))
             fed = self.strategy.aggregate_evaluate(rnd, self.grid.send_and_receive(eval_msgs))

@@ -1,12 +1,16 @@
 """What the server side knows before a run starts: the dataset, the partitions and the
-seeded initial model (``prepare``), handed to every strategy and world layer."""
+seeded initial model (``prepare``), handed to every strategy and world layer; and
+``connect_nodes``, which sets fedsim's ClientApp up under any Flower ServerApp."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from flwr.serverapp import Grid
 from torch import nn
 
 from fedsim.data.datasets import Dataset, load_dataset
@@ -30,13 +34,39 @@ class ServerSetup:
         return [len(p) for p in self.partitions]
 
 
+def partitions_of(scenario: Scenario) -> list[np.ndarray]:
+    """Every client's example indices (the same on the server and on self-set-up nodes)."""
+    ds = load_dataset(scenario.dataset.name, scenario.dataset.raw_params(), scenario.seed)
+    return make_partitions(
+        scenario.partition.name, scenario.partition.params, ds.y_train, scenario.num_clients, scenario.seed, ds.groups
+    )
+
+
 def prepare(scenario: Scenario) -> ServerSetup:
     """Dataset, partitions and the seeded initial model of a scenario."""
     ds = load_dataset(scenario.dataset.name, scenario.dataset.raw_params(), scenario.seed)
-    parts = make_partitions(
-        scenario.partition.name, scenario.partition.params, ds.y_train, scenario.num_clients, scenario.seed, ds.groups
-    )
+    parts = partitions_of(scenario)
     with torch.random.fork_rng():
         torch.manual_seed(derive_seed(scenario.seed, "model-init"))
         model = build_model(scenario.model.name, scenario.model.raw_params(), ds.input_shape, ds.num_classes)
     return ServerSetup(scenario, ds, parts, model)
+
+
+def connect_nodes(grid: Grid, scenario: Scenario | str | Path | dict, wait_s: float = 300.0) -> ServerSetup:
+    """Set fedsim's ClientApp up on the nodes of any Flower ``Grid`` (bring your own ServerApp).
+
+    Sends fedsim's ``query.hello`` (each node answers with its ``node_config["partition-id"]``)
+    and ``query.setup`` (the resolved scenario and that partition's example indices), the
+    exchange fedsim's own ServerApp starts every run with. Call it at the top of your
+    ServerApp's ``main``; then drive the nodes with any strategy, starting from
+    ``ArrayRecord(setup.model.state_dict())``. Waits up to ``wait_s`` seconds for
+    ``num_clients`` nodes; raises RuntimeError when a node is missing or refuses.
+    """
+    from fedsim.scenario import load
+    from fedsim.world.base import Fleet
+
+    if not isinstance(scenario, Scenario):
+        scenario = load(scenario)
+    setup = prepare(scenario)
+    Fleet(grid, scenario.num_clients).connect(json.dumps(scenario.to_dict(), sort_keys=True), setup.partitions, wait_s)
+    return setup

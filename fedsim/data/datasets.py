@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import gzip
 import json
+import math
 import os
 import pickle
 from dataclasses import dataclass
@@ -74,6 +75,11 @@ def _finish(x_train, y_train, x_test, y_test, num_classes, groups=None, regressi
 # --------------------------------------------------------------------------- digits
 
 
+def _held_in(n: int, test_fraction: float) -> int:
+    """Training examples scikit-learn's ``train_test_split`` keeps: n - ceil(test_fraction·n)."""
+    return n - math.ceil(test_fraction * n)
+
+
 class DigitsParams(Params):
     test_fraction: float = Field(0.2, gt=0, lt=1)
 
@@ -83,7 +89,7 @@ class DigitsParams(Params):
 _DIGITS_SPLIT_SEED = 0
 
 
-@register("dataset", "digits", params=DigitsParams)
+@register("dataset", "digits", params=DigitsParams, train_size=lambda p: _held_in(1797, p.test_fraction))
 def digits(params: DigitsParams, seed: int) -> Dataset:
     """scikit-learn 8x8 handwritten digits (1797 images, 10 classes), fixed test split."""
     return _digits(params.test_fraction)
@@ -114,7 +120,7 @@ class DiabetesParams(Params):
 _DIABETES_SPLIT_SEED = 0  # fixed, like digits': every run tests on the same patients
 
 
-@register("dataset", "diabetes", params=DiabetesParams)
+@register("dataset", "diabetes", params=DiabetesParams, train_size=lambda p: _held_in(442, p.test_fraction))
 def diabetes(params: DiabetesParams, seed: int) -> Dataset:
     """scikit-learn diabetes regression (442 patients, 10 features, disease progression
     after one year), a fixed seeded split; features and target standardised with the
@@ -244,8 +250,11 @@ def read_idx(file: Path, ndim: int) -> np.ndarray:
     big-endian uint32 per dimension; then the data in C order.
     """
     opener = gzip.open if file.suffix == ".gz" else open
-    with opener(file, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(file, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:  # unreadable, or a .gz that is not gzip
+        raise ValueError(f"{file}: cannot read it ({exc})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise ValueError(f"{file}: not an IDX file (bad magic number {raw[:4].hex()})")
     if raw[3] != ndim:
@@ -272,7 +281,7 @@ def _mnist_split(directory: Path, prefix: str, limit: int | None):
     return images[:, None].astype(np.float32) / 255.0, labels
 
 
-@register("dataset", "mnist", params=FileDatasetParams)
+@register("dataset", "mnist", params=FileDatasetParams, train_size=lambda p: min(p.limit_train or 60000, 60000))
 def mnist(params: FileDatasetParams, seed: int) -> Dataset:
     """MNIST from the four original IDX files (optionally .gz) in directory ``path``."""
     directory = Path(params.path).expanduser()
@@ -327,8 +336,8 @@ def _read_cifar_batch(file: Path):
     try:
         with open(file, "rb") as f:
             batch = _ArrayUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError) as exc:
-        raise ValueError(f"{file}: not a CIFAR-10 batch: {exc}") from exc
+    except Exception as exc:  # a pickle of garbage fails in many ways (int(), struct, memory)
+        raise ValueError(f"{file}: not a CIFAR-10 batch ({type(exc).__name__}: {exc})") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise ValueError(f"{file}: not a CIFAR-10 batch (expected a dict with b'data' and b'labels')")
     data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
@@ -350,7 +359,7 @@ def _cifar_split(files: list[Path], limit: int | None):
     return x, np.concatenate(labels)[:limit]
 
 
-@register("dataset", "cifar10", params=FileDatasetParams)
+@register("dataset", "cifar10", params=FileDatasetParams, train_size=lambda p: min(p.limit_train or 50000, 50000))
 def cifar10(params: FileDatasetParams, seed: int) -> Dataset:
     """CIFAR-10 from the python batches in ``path`` (the extracted cifar-10-batches-py)."""
     directory = Path(params.path).expanduser()

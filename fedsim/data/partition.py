@@ -14,6 +14,7 @@ p_c ~ Dir(alpha·1_N) (the Yurochkin et al. lineage), re-drawing until every cli
 from __future__ import annotations
 
 import warnings
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -27,18 +28,20 @@ class IidParams(Params):
 
 
 class DirichletParams(Params):
-    alpha: float = 0.5
-    min_partition_size: int = 10
-    self_balancing: bool = False
+    alpha: float = Field(0.5, gt=0, description="concentration of each class's shares over the clients")
+    min_partition_size: int = Field(10, ge=0, description="redraw until every client holds this many examples")
+    self_balancing: bool = Field(False, description="stop giving a class to clients already above the mean size")
 
 
 class PathologicalParams(Params):
-    classes_per_client: int = 2
-    class_assignment_mode: str = "random"
+    classes_per_client: int = Field(2, ge=1, description="classes each client holds")
+    class_assignment_mode: Literal["random", "deterministic", "first-deterministic"] = Field(
+        "random", description="how classes are given out (flwr-datasets PathologicalPartitioner)"
+    )
 
 
 class ShardParams(Params):
-    shards_per_client: int = 2
+    shards_per_client: int = Field(2, ge=1, description="label-sorted shards dealt to each client")
 
 
 def _flwr_partition(partitioner, labels: np.ndarray) -> list[np.ndarray]:
@@ -63,7 +66,8 @@ def iid(params: IidParams, labels, num_clients, seed, groups=None):
     return [np.sort(perm[p]) for p in parts]
 
 
-@register("partitioner", "dirichlet", params=DirichletParams)
+@register("partitioner", "dirichlet", params=DirichletParams,
+          min_examples=lambda p, n: n * max(p.min_partition_size, 1))
 def dirichlet(params: DirichletParams, labels, num_clients, seed, groups=None):
     """Label skew: per class, shares over clients ~ Dir(alpha) (flwr-datasets)."""
     from flwr_datasets.partitioner import DirichletPartitioner
@@ -94,7 +98,7 @@ def pathological(params: PathologicalParams, labels, num_clients, seed, groups=N
     return _flwr_partition(part, labels)
 
 
-@register("partitioner", "shard", params=ShardParams)
+@register("partitioner", "shard", params=ShardParams, min_examples=lambda p, n: n * p.shards_per_client)
 def shard(params: ShardParams, labels, num_clients, seed, groups=None):
     """Shards: sort by label, deal equal shards (McMahan et al. 2017; flwr-datasets)."""
     from flwr_datasets.partitioner import ShardPartitioner
@@ -124,7 +128,8 @@ class DirichletSharesParams(Params):
     min_partition_size: int = Field(1, ge=1, description="redraw the label mixes until every client has this many")
 
 
-@register("partitioner", "dirichlet_shares", params=DirichletSharesParams)
+@register("partitioner", "dirichlet_shares", params=DirichletSharesParams,
+          min_examples=lambda p, n: n * p.min_partition_size)
 def dirichlet_shares(params: DirichletSharesParams, labels, num_clients, seed, groups=None):
     """Label skew, FedAU set-up: per-client label mix q_n ~ Dir(alpha), classes split by shares.
 
@@ -157,7 +162,12 @@ def dirichlet_shares(params: DirichletSharesParams, labels, num_clients, seed, g
 
 def make_partitions(name: str, params: Params, labels, num_clients, seed, groups=None):
     """Partition indices for every client; checks they are disjoint and non-empty."""
-    parts = get("partitioner", name).factory(params, labels, num_clients, seed, groups)
+    if num_clients > len(labels):
+        raise ValueError(f"num_clients={num_clients} exceeds the dataset's {len(labels)} training examples")
+    try:
+        parts = get("partitioner", name).factory(params, labels, num_clients, seed, groups)
+    except (ValueError, IndexError) as exc:  # flwr-datasets' own checks
+        raise ValueError(f"partition {name!r} of {len(labels)} examples over num_clients={num_clients}: {exc}") from None
     if len(parts) != num_clients:
         raise ValueError(f"partitioner {name!r} made {len(parts)} partitions, not {num_clients}")
     empty = [i for i, p in enumerate(parts) if len(p) == 0]

@@ -47,7 +47,7 @@ from flwr.supercore.fab import Fab
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 from rich.console import Console
 
-from fedsim import manifest
+from fedsim import atomic, manifest
 from fedsim.scenario import DeploymentRuntime, Scenario, from_json
 
 APP_DIR = Path(__file__).parent / "flwr_app"
@@ -248,7 +248,8 @@ class _Follower:
             return f"; no round was recorded in {self.run_dir}"
         from fedsim.recorder import read_metrics
 
-        read_metrics(self.run_dir).to_csv(self.run_dir / "metrics.csv", index=False)
+        rows = read_metrics(self.run_dir)
+        atomic.write_with(self.run_dir / "metrics.csv", lambda tmp: rows.to_csv(tmp, index=False))
         return f"; rounds 1-{self.rows[-1]['round']} are kept in {self.run_dir}"
 
     def close(self) -> None:

@@ -29,7 +29,6 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from fedsim.registry import Params
-from fedsim.training import seed_sequence
 
 
 class NetworkParams(Params):
@@ -73,6 +72,8 @@ class NetworkModel:
 
     def __init__(self, params: NetworkParams, n: int, seed: int):
         self.params = params
+        from fedsim.training import seed_sequence  # torch: not at import time (the CLI starts fast)
+
         rng = np.random.default_rng(seed_sequence(seed, "network"))
 
         def spread() -> np.ndarray:
@@ -145,6 +146,8 @@ class Membership:
             if event.nodes is not None:
                 chosen = [i for i in event.nodes if i in pool]
             else:
+                from fedsim.training import seed_sequence
+
                 rng = np.random.default_rng(seed_sequence(self.seed, event.round, "churn", self.applied))
                 count = min(len(pool), round(event.fraction * self.n))
                 chosen = sorted(int(i) for i in rng.choice(pool, size=count, replace=False)) if count else []

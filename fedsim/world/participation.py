@@ -39,7 +39,7 @@ import numpy as np
 from flwr.app import Message
 from pydantic import Field, model_validator
 
-from fedsim import registry
+from fedsim import atomic, registry
 from fedsim.data.partition import label_histograms
 from fedsim.registry import Params, register
 from fedsim.training import seed_sequence
@@ -348,8 +348,7 @@ def plot_weights(run_dir: str | Path) -> Path | None:
     ax.set_title(f"FedAU weights after {record['rounds']} rounds")
     ax.legend()
     fig.tight_layout()
-    path = run_dir / "fedau_weights.png"
-    fig.savefig(path, dpi=100)
+    path = atomic.write_with(run_dir / "fedau_weights.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return path
 
