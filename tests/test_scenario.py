@@ -146,10 +146,10 @@ def test_several_malformed_overrides_are_reported_together(tmp_path):
         assert piece in result.output, (piece, result.output)
 
 
-def test_the_readmes_error_example_is_what_fedsim_prints(tmp_path, monkeypatch):
-    """The README's `fedsim validate bad.yaml` block, reproduced with a file whose line 8
-    holds mu: -1 and line 9 muu: 2."""
-    readme = (ROOT / "README.md").read_text()
+def test_the_docs_error_example_is_what_fedsim_prints(tmp_path, monkeypatch):
+    """The `fedsim validate bad.yaml` block of docs/scenarios.md, reproduced with a file whose
+    line 8 holds mu: -1 and line 9 muu: 2."""
+    readme = (ROOT / "docs" / "scenarios.md").read_text()
     block = readme.split("$ fedsim validate bad.yaml\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.yaml").write_text(GOOD.replace("mu: 0.1", "mu: -1\n  muu: 2"))
