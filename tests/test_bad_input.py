@@ -120,7 +120,7 @@ def test_run_time_partition_failures_are_exit_2_naming_num_clients(tiny):
 
 
 def test_attack_rounds_beyond_the_last_round():
-    with pytest.raises(ScenarioError, match=r"attack_ig.yaml:23: key 'eavesdropper.rounds': \[3\] out of range"):
+    with pytest.raises(ScenarioError, match=r"attack_ig.yaml:24: key 'eavesdropper.rounds': \[3\] out of range"):
         load(os.path.join(SCENARIOS, "attack_ig.yaml"), ["rounds=2"])
     load(os.path.join(SCENARIOS, "attack_ig.yaml"), ["rounds=3"])
 
