@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator,
+)
 
 from fedsim import registry
 from fedsim.world.network import ChurnEvent, NetworkParams
@@ -70,15 +72,48 @@ class ClientResources(_Strict):
     num_gpus: float = Field(0.0, ge=0)
 
 
-class InProcessRuntime(_Strict):
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
+
+
+class _Device(_Strict):
+    device: str = Field(
+        "cpu",
+        pattern=DEVICE_PATTERN,
+        description="where models train and evaluate: auto (CUDA when present) | cpu | cuda | cuda:N | mps",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, value: str) -> str:
+        from fedsim.training import resolve_device
+
+        resolve_device(value)  # ValueError naming what is missing
+        return value
+
+
+class InProcessRuntime(_Device):
     name: Literal["inprocess"] = "inprocess"
     threads: int = Field(1, ge=1, description="torch intra-op threads while the run lasts")
 
 
-class RayRuntime(_Strict):
+class RayRuntime(_Device):
+    """Ray actors host the ClientApp; ``client_resources.num_gpus`` > 0 gives each actor
+    that share of a GPU (Ray hides GPUs from actors that ask for none)."""
+
     name: Literal["ray"]
     address: str | None = None
     client_resources: ClientResources = ClientResources()
+
+    @model_validator(mode="after")
+    def _gpu_actors(self) -> RayRuntime:
+        if self.device.startswith("cuda") and self.client_resources.num_gpus == 0:
+            raise ValueError(
+                f"device: {self.device} needs client_resources.num_gpus > 0 (e.g. 0.25: four actors per GPU); "
+                "Ray hides the GPUs from actors that ask for none"
+            )
+        if self.device.startswith("cuda:") and self.device != "cuda:0":
+            raise ValueError(f"device: {self.device}: a Ray actor sees only the GPU Ray gives it, as cuda:0; use cuda")
+        return self
 
 
 def split_address(address: str) -> tuple[str, int]:
