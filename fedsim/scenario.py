@@ -390,6 +390,7 @@ def validate(data: dict, source: str = "<scenario>", lines: dict | None = None) 
             errors += [{**e, "loc": (field, *e["loc"])} for e in exc.errors()]
     errors += _decentralized_only(scenario, data)
     errors += _defense_fits(scenario, data)
+    errors += _device_fits(scenario)
     if errors:
         raise _fail(errors, source, lines, data)
     return scenario
@@ -426,6 +427,22 @@ def _decentralized_only(scenario: Scenario, data: dict) -> list[dict]:
             msg = f"no such nodes among num_clients={scenario.num_clients}"
             errors.append({"loc": ("churn", i, "nodes"), "type": "value_error", "msg": msg, "input": bad})
     return errors
+
+
+def _device_fits(scenario: Scenario) -> list[dict]:
+    """Strategies registered with ``cpu_only=True`` (client code that draws its seeded noise
+    or state on CPU next to the model) refuse a GPU ``runtime.device``."""
+    device = getattr(scenario.runtime, "device", "cpu")
+    try:
+        cpu_only = registry.get("strategy", scenario.strategy.name).extras.get("cpu_only", False)
+    except KeyError:
+        return []  # reported above
+    from fedsim.training import resolve_device
+
+    if not cpu_only or resolve_device(device).type == "cpu":
+        return []
+    msg = f"strategy '{scenario.strategy.name}' trains on CPU only; use device: cpu"
+    return [{"loc": ("runtime", "device"), "type": "value_error", "msg": msg, "input": device}]
 
 
 def _defense_fits(scenario: Scenario, data: dict) -> list[dict]:

@@ -87,3 +87,38 @@ def test_reused_optimizer_equals_a_fresh_one_each_call():
             opt.step()
         for a, b in zip(model.parameters(), ref.parameters()):
             assert torch.equal(a, b)
+
+
+def test_cpu_only_strategies_refuse_a_gpu(tiny, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ScenarioError, match=r"runtime\.device.*'sgm' trains on CPU only"):
+        load(tiny | {"strategy": {"name": "sgm"}, "runtime": {"name": "inprocess", "device": "cuda"}})
+    assert load(tiny | {"runtime": {"name": "inprocess", "device": "cuda"}}).runtime.device == "cuda"
+
+
+@pytest.mark.slow
+def test_100k_synthetic_clients_run_in_little_memory():
+    """10^5 clients (synthetic, IID split), 10 per round: the run completes, only the cohort
+    is ever set up, and the process stays under 2 GiB (a fresh process, for its peak RSS)."""
+    import json
+    import subprocess
+    import sys
+
+    code = r"""
+import json, resource, tempfile, fedsim
+from fedsim.apps import client
+with tempfile.TemporaryDirectory() as out:
+    res = fedsim.run({"name": "big", "rounds": 2, "num_clients": 100000,
+        "dataset": {"name": "synthetic", "num_users": 2000, "iid": True}, "partition": {"name": "iid"},
+        "strategy": {"name": "fedavg", "fraction_train": 1e-4, "fraction_evaluate": 0.0},
+        "client": {"steps": 2, "batch_size": 8},
+        "output": {"dir": out, "progress": False, "plot": False, "save_model": False}})
+print(json.dumps({"sampled": res.metrics["clients_sampled"].tolist(), "nodes": len(client._partitions),
+                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["sampled"] == [10, 10]
+    assert got["nodes"] <= 20  # partitions gathered for the two cohorts only
+    assert got["rss_mib"] < 2048
