@@ -19,7 +19,7 @@ The machine may be shared: the paired ratio is what to read, not the seconds.
 Target: inprocess ≤ 1.1× loop.
 
     python benchmarks/runtime_overhead.py [--clients 20 100] [--workloads mlp cnn] [--skip-ray]
-    python benchmarks/runtime_overhead.py --render     # Markdown tables from the results file
+    python benchmarks/runtime_overhead.py --render [docs/engine.md]   # the tables from the results file
 """
 
 from __future__ import annotations
@@ -124,10 +124,11 @@ def measure(method: str, n: int, rounds: int) -> float:
     return steady(fedsim_run(n, rounds, {"name": method}))
 
 
-def overhead_table(args) -> list[dict]:
-    """Paired ABBA repeats of every method in every setting: one row per (setting, method)."""
+def overhead_table(args, previous: list[dict]) -> list[dict]:
+    """Paired ABBA repeats of every method in every setting: one row per (setting, method);
+    rows of settings not measured now are kept."""
     methods = ["loop", "inprocess"] + ([] if args.skip_ray else ["ray", "flower"])
-    rows = []
+    rows = [r for r in previous if r["workload"] not in args.workloads or r["clients"] not in args.clients]
     for workload in args.workloads:
         os.environ["BENCH_WORKLOAD"] = workload
         for n in args.clients:
@@ -151,9 +152,8 @@ def overhead_table(args) -> list[dict]:
 TABLES = {"overhead": overhead_table}
 
 
-def render(record: dict | None = None) -> str:
+def render(record: dict) -> str:
     """The results file's tables as Markdown (what docs/engine.md shows)."""
-    record = record or reporting.read(NAME)
     settings = record["settings"]
     out = []
     rows = record["tables"].get("overhead", [])
@@ -180,24 +180,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=4, help="ABBA repeats of every method")
     ap.add_argument("--skip-ray", action="store_true", help="only (a) and (b)")
-    ap.add_argument("--only", nargs="+", choices=sorted(TABLES), default=sorted(TABLES),
-                    help="tables to measure; the others are kept from the results file")
-    ap.add_argument("--render", action="store_true", help="print the results file's tables as Markdown and exit")
+    reporting.table_options(ap, TABLES)
     args = ap.parse_args()
-    if args.render:
-        print(render())
-        return
-    started = time.time()
     torch.set_num_threads(1)
     warm_up()
-    previous = reporting.read(NAME)["tables"] if (reporting.RESULTS / f"{NAME}.json").exists() else {}
-    tables = {name: previous[name] for name in previous if name not in args.only}
-    tables |= {name: TABLES[name](args) for name in args.only}
     settings = {k: v for k, v in vars(args).items() if k not in ("render", "only")}
     settings |= {"cpus": os.cpu_count(), "torch_threads": 1, "load_average_at_start": os.getloadavg()}
-    path = reporting.write(NAME, settings=settings, seeds=[0], tables=tables, started=started)
-    print(render(reporting.read(NAME)))
-    print(f"wrote {path}")
+    reporting.run_tables(NAME, args, TABLES, render, settings)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ peak RSS < 2 GiB at N = 100,000; ``steady_s`` flat in N. The machine may be shar
 average recorded): read the trend, not the third digit.
 
     python benchmarks/scale.py [--only scale] [--populations synthetic fashion-mnist]
-    python benchmarks/scale.py --render      # Markdown tables from results/scale.json
+    python benchmarks/scale.py --render [docs/engine.md]   # the tables from results/scale.json
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -92,8 +91,9 @@ def run_one(population: str, n: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def scale_table(args) -> list[dict]:
-    rows = []
+def scale_table(args, previous: list[dict]) -> list[dict]:
+    """One row per (population, N); rows of populations not measured now are kept."""
+    rows = [r for r in previous if r["population"] not in args.populations]
     for population in args.populations:
         for n in POPULATIONS[population]["sizes"]:
             row = {"population": population, "clients": n, "cohort": COHORT, "load_average": os.getloadavg()[0],
@@ -104,13 +104,13 @@ def scale_table(args) -> list[dict]:
     return rows
 
 
-# Each table is measured by its own function; ``--only`` picks tables, the others are kept.
+# Each table is measured by its own function ``(args, previous rows) -> rows``; ``--only``
+# picks tables, the others are kept as they are in the results file.
 TABLES = {"scale": scale_table}
 
 
-def render(record: dict | None = None) -> str:
+def render(record: dict) -> str:
     """The results file's tables as Markdown (what docs/engine.md shows)."""
-    record = record or reporting.read(NAME)
     out = []
     rows = record["tables"].get("scale", [])
     if rows:
@@ -131,23 +131,11 @@ def render(record: dict | None = None) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", nargs="+", choices=sorted(TABLES), default=sorted(TABLES),
-                    help="tables to measure; the others are kept from the results file")
     ap.add_argument("--populations", nargs="+", choices=sorted(POPULATIONS), default=list(POPULATIONS))
-    ap.add_argument("--render", action="store_true", help="print the results file's tables as Markdown and exit")
+    reporting.table_options(ap, TABLES)
     args = ap.parse_args()
-    if args.render:
-        print(render())
-        return
-    started = time.time()
-    previous = reporting.read(NAME)["tables"] if (reporting.RESULTS / f"{NAME}.json").exists() else {}
-    tables = {name: previous[name] for name in previous if name not in args.only}
-    tables |= {name: TABLES[name](args) for name in args.only}
-    settings = {"cohort": COHORT, "rounds": ROUNDS, "populations": {p: POPULATIONS[p] for p in args.populations},
-                "cpus": os.cpu_count(), "torch_threads": 1}
-    path = reporting.write(NAME, settings=settings, seeds=[0], tables=tables, started=started)
-    print(render(reporting.read(NAME)))
-    print(f"wrote {path}")
+    settings = {"cohort": COHORT, "rounds": ROUNDS, "populations": POPULATIONS, "cpus": os.cpu_count(), "torch_threads": 1}
+    reporting.run_tables(NAME, args, TABLES, render, settings)
 
 
 if __name__ == "__main__":
