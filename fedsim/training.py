@@ -58,7 +58,7 @@ def seeded_torch_rng(seed: int, device: torch.device = torch.device("cpu")) -> I
 
     Same streams as ``torch.manual_seed(seed)``, which on a CPU-only build also queues a
     seed, with a Python stack trace, for each absent GPU backend (~0.3 ms a call); here
-    only the generators in use are seeded (~2 µs).
+    only the generators in use are seeded and restored (a few µs).
     """
     generators = [torch.default_generator]
     if device.type == "cuda":
