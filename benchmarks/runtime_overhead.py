@@ -15,7 +15,9 @@ Each run's time is the median per-round time over rounds 2..R (round 1 pays star
 Every method runs ``--repeats`` times, in ABBA order (a b c d, then d c b a, ...), so each
 repeat of a method has a loop run next to it in time; the ratio of a method is the
 median over repeats of its time divided by the loop time of the same repeat (paired).
-The machine may be shared: the paired ratio is what to read, not the seconds.
+The machine may be shared: the paired ratio is what to read, not the seconds; the CPU
+ratio (``time.process_time`` per round, for the methods that run wholly in this process)
+is the one a busy machine disturbs least.
 Target: inprocess ≤ 1.1× loop.
 
     python benchmarks/runtime_overhead.py [--clients 20 100] [--workloads mlp cnn] [--skip-ray]
@@ -37,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import fedsim  # noqa: E402
+from fedsim.apps import server  # noqa: E402
 from fedsim.training import evaluate, local_sgd, torch_generator, warm_up  # noqa: E402
 
 import flower_app  # noqa: E402  (benchmarks/flower_app.py)
@@ -51,7 +54,7 @@ METHODS = {
 }
 
 
-def loop(clients: int, rounds: int) -> list[float]:
+def loop(clients: int, rounds: int) -> tuple[list[float], list[float]]:
     """(a) The floor: the same local training and averaging in a plain loop."""
     ds, parts, model = flower_app.this_world()
     cfg = flower_app.workload()["client"]
@@ -59,9 +62,9 @@ def loop(clients: int, rounds: int) -> list[float]:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         glob = {k: v.clone() for k, v in flower_app.new_model(ds).state_dict().items()}
-    times = []
+    times, cpu = [], []
     for rnd in range(1, rounds + 1):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         total = {k: torch.zeros_like(v) for k, v in glob.items()}
         n_sum = 0
         for pid, (x, y) in enumerate(parts):
@@ -74,12 +77,25 @@ def loop(clients: int, rounds: int) -> list[float]:
         model.load_state_dict(glob)
         evaluate(model, xt, yt)
         times.append(time.perf_counter() - start)
-    return times
+        cpu.append(time.process_time() - start_cpu)
+    return times, cpu
 
 
-def fedsim_run(clients: int, rounds: int, runtime: dict) -> list[float]:
-    """(b), (c) The same work as a fedsim scenario."""
+def fedsim_run(clients: int, rounds: int, runtime: dict) -> tuple[list[float], list[float]]:
+    """(b), (c) The same work as a fedsim scenario: wall seconds per round (the recorder's)
+    and this process's CPU seconds per round (all of it for inprocess, the server's for ray)."""
     name, params = flower_app.workload()["model"]
+    cpu: list[float] = []
+    original = server.FederatedLoop.round
+
+    def timed_round(self, rnd, arrays):
+        start = time.process_time()
+        try:
+            return original(self, rnd, arrays)
+        finally:
+            cpu.append(time.process_time() - start)
+
+    server.FederatedLoop.round = timed_round
     with tempfile.TemporaryDirectory() as out:
         res = fedsim.run({
             "name": "overhead", "seed": 0, "rounds": rounds, "num_clients": clients,
@@ -90,7 +106,8 @@ def fedsim_run(clients: int, rounds: int, runtime: dict) -> list[float]:
             "runtime": runtime,
             "output": {"dir": out, "progress": False, "plot": False, "save_model": False},
         })
-    return res.metrics["seconds"].tolist()
+    server.FederatedLoop.round = original
+    return res.metrics["seconds"].tolist(), cpu
 
 
 def flower_plain(clients: int, rounds: int) -> list[float]:
@@ -116,12 +133,12 @@ def workers(method: str) -> str:
     return f"{os.cpu_count()} actors × 1" if method in ("ray", "flower") else f"1 × {torch.get_num_threads()}"
 
 
-def measure(method: str, n: int, rounds: int) -> float:
-    if method == "loop":
-        return steady(loop(n, rounds))
+def measure(method: str, n: int, rounds: int) -> tuple[float, float | None]:
+    """Steady (wall, CPU) s/round; CPU only where all the work runs in this process."""
     if method == "flower":
-        return steady(flower_plain(n, rounds))
-    return steady(fedsim_run(n, rounds, {"name": method}))
+        return steady(flower_plain(n, rounds)), None
+    wall, cpu = loop(n, rounds) if method == "loop" else fedsim_run(n, rounds, {"name": method})
+    return steady(wall), (steady(cpu) if method in ("loop", "inprocess") else None)
 
 
 def overhead_table(args, previous: list[dict]) -> list[dict]:
@@ -135,16 +152,22 @@ def overhead_table(args, previous: list[dict]) -> list[dict]:
             os.environ["BENCH_CLIENTS"] = str(n)
             measure("loop", n, 2)  # caches (dataset, partitions) and torch's kernels, off the clock
             times: dict[str, list[float]] = {m: [] for m in methods}
+            cpu: dict[str, list[float | None]] = {m: [] for m in methods}
             for rep in range(args.repeats):
                 for method in methods if rep % 2 == 0 else methods[::-1]:
-                    times[method].append(measure(method, n, args.rounds))
-                    print(f"{workload} {n} clients, repeat {rep + 1}: {method} {times[method][-1]:.4f} s/round", flush=True)
+                    wall, cpu_s = measure(method, n, args.rounds)
+                    times[method].append(wall)
+                    cpu[method].append(cpu_s)
+                    print(f"{workload} {n} clients, repeat {rep + 1}: {method} {wall:.4f} s/round (CPU {cpu_s})", flush=True)
             for method in methods:
                 ratios = [t / b for t, b in zip(times[method], times["loop"])]
+                cpu_ratios = [t / b for t, b in zip(cpu[method], cpu["loop"])] if cpu[method][0] is not None else None
                 rows.append({
                     "workload": workload, "clients": n, "method": method, "workers": workers(method),
                     "seconds": times[method], "loop_seconds": times["loop"], "ratios": ratios,
                     "median_seconds": statistics.median(times[method]), "median_ratio": statistics.median(ratios),
+                    "cpu_seconds": cpu[method], "cpu_ratios": cpu_ratios,
+                    "median_cpu_ratio": statistics.median(cpu_ratios) if cpu_ratios else None,
                 })
     return rows
 
@@ -163,13 +186,19 @@ def render(record: dict) -> str:
             f"{settings['repeats']} ABBA-paired repeats; ratio = median of per-repeat ratios to the loop "
             f"(commit `{record['commit'][:10]}`, {record['created']}, torch {record['versions']['torch']}).",
             "",
-            "| setting | method | processes × torch threads | s/round (median) | ratio to (a), per repeat | ratio (median) |",
-            "|---|---|---|---|---|---|",
+            "CPU ratio: the same with this process's CPU seconds per round (load-independent; "
+            "in-process methods only). The load average at the start is in the results file.",
+            "",
+            "| setting | method | processes × torch threads | wall s/round (median) | wall ratio, per repeat | "
+            "wall ratio (median) | CPU ratio, per repeat | CPU ratio (median) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             per = ", ".join(f"{x:.2f}" for x in r["ratios"])
+            cpu_per = ", ".join(f"{x:.2f}" for x in r["cpu_ratios"]) if r.get("cpu_ratios") else "n/a"
+            cpu_med = f"{r['median_cpu_ratio']:.2f}x" if r.get("median_cpu_ratio") else "n/a"
             out.append(f"| {r['workload']}, {r['clients']} clients | {METHODS[r['method']]} | {r['workers']} | "
-                       f"{r['median_seconds']:.4f} | {per} | {r['median_ratio']:.2f}x |")
+                       f"{r['median_seconds']:.4f} | {per} | {r['median_ratio']:.2f}x | {cpu_per} | {cpu_med} |")
     return "\n".join(out)
 
 

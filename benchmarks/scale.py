@@ -3,8 +3,8 @@ population N grows at a fixed cohort.
 
 Every run: 10 clients per round (``fraction_train`` = 10 / N), 5 local steps of batch 16
 per client, MLP(64), the global model tested on the held-out set every round, no
-federated evaluation, 4 rounds, one torch thread; each run in a fresh Python process (so
-that peak RSS is that run's). Populations:
+federated evaluation, 5 rounds, one thread (torch and BLAS); each run in a fresh Python
+process (so that peak RSS is that run's). Populations:
 
 - ``synthetic``: LEAF Synthetic(1, 1) IID with 2,000 users (about 4·10^5 training rows),
   split IID over N = 20, 1,000, 10,000, 100,000 clients;
@@ -14,7 +14,8 @@ that peak RSS is that run's). Populations:
 
 Columns: ``startup_s`` from the ``fedsim.run`` call to the start of round 1 (dataset,
 partitions, model, world; imports excluded and shown apart), ``round1_s``, ``steady_s``
-(median of rounds 2..4), ``peak_rss_mib``, and the CPU seconds of start-up and round 1
+(median of rounds 2..5), ``peak_rss_mib``, and the CPU seconds of start-up, round 1 and a
+steady round (rounds 2..4)
 (``time.process_time``: what the wall times would be on an idle machine, give or take
 waiting). Targets: start-up + round 1 ≤ 10 s and peak RSS < 2 GiB at N = 100,000;
 ``steady_s`` flat in N. The machine may be shared (load average recorded per run): read
@@ -43,7 +44,7 @@ POPULATIONS = {
     "synthetic": {"dataset": {"name": "synthetic", "num_users": 2000, "iid": True}, "sizes": [20, 1_000, 10_000, 100_000]},
     "fashion-mnist": {"dataset": {"name": "mnist", "path": FASHION}, "sizes": [20, 1_000, 10_000, 60_000]},
 }
-COHORT, ROUNDS = 10, 4
+COHORT, ROUNDS = 10, 5
 
 # One run, in a child process: times the phases and reports them as one JSON line.
 CHILD = r"""
@@ -51,6 +52,7 @@ import json, resource, sys, tempfile, time
 t0 = time.perf_counter()
 import torch
 import fedsim
+import fedsim.experiment  # what fedsim.run imports on first use: an import, not start-up
 from fedsim.apps import server
 imported = time.perf_counter() - t0
 torch.set_num_threads(1)
@@ -68,6 +70,7 @@ with tempfile.TemporaryDirectory() as out:
 seconds = res.metrics["seconds"].tolist()
 print(json.dumps({"import_s": imported, "startup_s": stamps[1][0] - start, "round1_s": seconds[0],
                   "startup_cpu_s": stamps[1][1] - start_cpu, "round1_cpu_s": stamps[2][1] - stamps[1][1],
+                  "steady_cpu_s": sorted(stamps[r + 1][1] - stamps[r][1] for r in range(2, len(stamps)))[(len(stamps) - 2) // 2],
                   "steady_s": sorted(seconds[1:])[len(seconds[1:]) // 2], "round_s": seconds,
                   "test_acc": float(res.metrics["test_acc"].iloc[-1]),
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -85,7 +88,8 @@ def scenario(population: str, n: int) -> dict:
 
 
 def run_one(population: str, n: int) -> dict:
-    env = os.environ | {"FLWR_TELEMETRY_ENABLED": "0"}
+    # one thread for torch (runtime.threads) and for NumPy's BLAS, whose idle threads spin on a busy machine
+    env = os.environ | {"FLWR_TELEMETRY_ENABLED": "0", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(scenario(population, n)), str(n)],
                          capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
@@ -118,18 +122,19 @@ def render(record: dict) -> str:
     rows = record["tables"].get("scale", [])
     if rows:
         out += [
-            f"In-process runtime, {COHORT} clients per round, 5 local steps each, MLP(64), one torch thread "
+            f"In-process runtime, {COHORT} clients per round, 5 local steps each, MLP(64), one thread "
             f"(commit `{record['commit'][:10]}`, {record['created']}; load average shown per run).",
             "",
             "| population | N | start-up + round 1: wall s (CPU s) | start-up wall s (CPU s) | round 1 wall s (CPU s) | "
-            "steady s/round | peak RSS MiB | import s | load avg |",
+            "steady s/round wall (CPU) | peak RSS MiB | import s | load avg |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             out.append(
                 f"| {r['population']} | {r['clients']:,} | {r['startup_s'] + r['round1_s']:.2f} "
                 f"({r['startup_cpu_s'] + r['round1_cpu_s']:.2f}) | {r['startup_s']:.2f} ({r['startup_cpu_s']:.2f}) | "
-                f"{r['round1_s']:.2f} ({r['round1_cpu_s']:.2f}) | {r['steady_s']:.3f} | {r['peak_rss_mib']:.0f} | "
+                f"{r['round1_s']:.2f} ({r['round1_cpu_s']:.2f}) | {r['steady_s']:.3f} ({r['steady_cpu_s']:.3f}) | "
+                f"{r['peak_rss_mib']:.0f} | "
                 f"{r['import_s']:.1f} | {r['load_average']:.1f} |")
     return "\n".join(out)
 
