@@ -123,13 +123,13 @@ class Fleet(GridWrapper):
         Otherwise (SuperNodes, Ray) every node says which partition it holds (``hello``)
         and all are set up here, so that a missing node stops the run at once. ``wait_s``
         bounds the wait for the nodes and each of the set-up exchanges."""
-        self._scenario_json, self._partitions, self._setup_s = scenario_json, partitions, wait_s
         known = getattr(self.inner, "partition_ids", None)
         if known is not None:
             self.partition = dict(known())
             self.node = {pid: nid for nid, pid in self.partition.items()}
             self._check_partitions()
             self._node_ids = [self.node[pid] for pid in range(self.num_clients)]
+            self._scenario_json, self._partitions, self._setup_s = scenario_json, partitions, wait_s
             return
         deadline = time.monotonic() + wait_s
         while len(nodes := sorted(self.inner.get_node_ids())) < self.num_clients:
@@ -145,6 +145,7 @@ class Fleet(GridWrapper):
             self.node[pid] = reply.metadata.src_node_id
         self._check_partitions()
         self._node_ids = [self.node[pid] for pid in range(self.num_clients)]
+        self._scenario_json, self._partitions, self._setup_s = scenario_json, partitions, wait_s
         self._set_up(self._node_ids)
 
     def _check_partitions(self) -> None:
