@@ -122,3 +122,42 @@ def write(name: str, *, settings: dict, seeds: list[int], tables: dict[str, list
 
 def read(name: str) -> dict:
     return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def splice(path: str | Path, name: str, text: str) -> None:
+    """Put ``text`` between the lines ``<!-- name:begin -->`` and ``<!-- name:end -->`` of the
+    Markdown file ``path`` (a benchmark's ``--render FILE``: docs tables are never typed)."""
+    path = Path(path)
+    doc = path.read_text()
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if begin not in doc or end not in doc:
+        raise SystemExit(f"{path}: no {begin} ... {end} block to fill")
+    head, rest = doc.split(begin, 1)
+    path.write_text(f"{head}{begin}\n{text}\n{end}{rest.split(end, 1)[1]}")
+
+
+def table_options(parser, tables: dict) -> None:
+    """The options every table-writing benchmark shares: ``--only`` and ``--render``."""
+    parser.add_argument("--only", nargs="+", choices=sorted(tables), default=sorted(tables),
+                        help="tables to measure; the others are kept from the results file")
+    parser.add_argument("--render", nargs="?", const="-", metavar="FILE",
+                        help="print the results file's tables as Markdown (or fill FILE's block) and exit")
+
+
+def run_tables(name: str, args, tables: dict, render, settings: dict) -> None:
+    """A benchmark's main: ``--render`` prints (or splices into a file) the tables of
+    ``results/<name>.json``; otherwise each table of ``--only`` is measured by
+    ``tables[table](args, previous_rows)`` and written with the others kept as they were."""
+    if args.render:
+        if args.render == "-":
+            print(render(read(name)))
+        else:
+            splice(args.render, name, render(read(name)))
+        return
+    started = time.time()
+    previous = read(name)["tables"] if (RESULTS / f"{name}.json").exists() else {}
+    out = {table: rows for table, rows in previous.items() if table not in args.only}
+    out |= {table: tables[table](args, previous.get(table, [])) for table in args.only}
+    path = write(name, settings=settings, seeds=[0], tables=out, started=started)
+    print(render(read(name)))
+    print(f"wrote {path}")

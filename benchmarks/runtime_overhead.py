@@ -2,21 +2,26 @@
 
 One run, same work everywhere: digits, IID partition, every client trains each round,
 example-weighted averaging, the global model evaluated on the held-out test set every
-round, one torch thread. Two workloads: ``mlp`` (MLP(64), 1 local epoch, batch 32: the
-smallest, most overhead-bound case) and ``cnn`` (the main job's local training: LeNet-style
-CNN, 2 epochs, batch 16, momentum 0.9).
+round. Two workloads: ``mlp`` (MLP(64), 1 local epoch, batch 32: the smallest, most
+overhead-bound case) and ``cnn`` (the main job's local training: LeNet-style CNN, 2
+epochs, batch 16, momentum 0.9).
 
-  (a) loop      a plain Python loop over the clients: the floor
-  (b) inprocess fedsim's in-process grid (the default runtime)
-  (c) ray       fedsim on Flower's Simulation Engine (Ray)
-  (d) flower    a plain Flower app (ClientApp + FedAvg.start) under run_simulation
+  (a) loop      a plain Python loop over the clients: the floor (1 process, 1 torch thread)
+  (b) inprocess fedsim's in-process grid, the default runtime (1 process, 1 torch thread)
+  (c) ray       fedsim on Flower's Simulation Engine (Ray: one actor per CPU, 1 torch thread each)
+  (d) flower    a plain Flower app (ClientApp + FedAvg.start) under run_simulation (same actors)
 
-Each time is the median over rounds 2..R (round 1 pays lazy initialisation); (a) and (b)
-are measured ``--repeats`` times, interleaved, and the fastest repeat is kept, so that
-load from other processes on the machine does not decide the ratio. Ratios are to (a).
-Targets: inprocess ≤ 1.3× loop; ray no slower than plain Flower.
+Each run's time is the median per-round time over rounds 2..R (round 1 pays start-up).
+Every method runs ``--repeats`` times, in ABBA order (a b c d, then d c b a, ...), so each
+repeat of a method has a loop run next to it in time; the ratio of a method is the
+median over repeats of its time divided by the loop time of the same repeat (paired).
+The machine may be shared: the paired ratio is what to read, not the seconds; the CPU
+ratio (``time.process_time`` per round, for the methods that run wholly in this process)
+is the one a busy machine disturbs least.
+Target: inprocess ≤ 1.1× loop.
 
     python benchmarks/runtime_overhead.py [--clients 20 100] [--workloads mlp cnn] [--skip-ray]
+    python benchmarks/runtime_overhead.py --render [docs/engine.md]   # the tables from the results file
 """
 
 from __future__ import annotations
@@ -32,16 +37,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
 
 import fedsim  # noqa: E402
-from fedsim.training import evaluate, local_sgd, torch_generator  # noqa: E402
+from fedsim.apps import server  # noqa: E402
+from fedsim.training import evaluate, local_sgd, torch_generator, warm_up  # noqa: E402
 
 import flower_app  # noqa: E402  (benchmarks/flower_app.py)
+import reporting  # noqa: E402  (benchmarks/reporting.py)
+
+NAME = "runtime_overhead"
+METHODS = {
+    "loop": "(a) plain loop",
+    "inprocess": "(b) fedsim inprocess",
+    "ray": "(c) fedsim ray",
+    "flower": "(d) plain Flower run_simulation",
+}
 
 
-def loop(clients: int, rounds: int) -> list[float]:
+def loop(clients: int, rounds: int) -> tuple[list[float], list[float]]:
     """(a) The floor: the same local training and averaging in a plain loop."""
     ds, parts, model = flower_app.this_world()
     cfg = flower_app.workload()["client"]
@@ -49,9 +62,9 @@ def loop(clients: int, rounds: int) -> list[float]:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         glob = {k: v.clone() for k, v in flower_app.new_model(ds).state_dict().items()}
-    times = []
+    times, cpu = [], []
     for rnd in range(1, rounds + 1):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         total = {k: torch.zeros_like(v) for k, v in glob.items()}
         n_sum = 0
         for pid, (x, y) in enumerate(parts):
@@ -64,12 +77,25 @@ def loop(clients: int, rounds: int) -> list[float]:
         model.load_state_dict(glob)
         evaluate(model, xt, yt)
         times.append(time.perf_counter() - start)
-    return times
+        cpu.append(time.process_time() - start_cpu)
+    return times, cpu
 
 
-def fedsim_run(clients: int, rounds: int, runtime: dict) -> list[float]:
-    """(b), (c) The same work as a fedsim scenario."""
+def fedsim_run(clients: int, rounds: int, runtime: dict) -> tuple[list[float], list[float]]:
+    """(b), (c) The same work as a fedsim scenario: wall seconds per round (the recorder's)
+    and this process's CPU seconds per round (all of it for inprocess, the server's for ray)."""
     name, params = flower_app.workload()["model"]
+    cpu: list[float] = []
+    original = server.FederatedLoop.round
+
+    def timed_round(self, rnd, arrays):
+        start = time.process_time()
+        try:
+            return original(self, rnd, arrays)
+        finally:
+            cpu.append(time.process_time() - start)
+
+    server.FederatedLoop.round = timed_round
     with tempfile.TemporaryDirectory() as out:
         res = fedsim.run({
             "name": "overhead", "seed": 0, "rounds": rounds, "num_clients": clients,
@@ -80,7 +106,8 @@ def fedsim_run(clients: int, rounds: int, runtime: dict) -> list[float]:
             "runtime": runtime,
             "output": {"dir": out, "progress": False, "plot": False, "save_model": False},
         })
-    return res.metrics["seconds"].tolist()
+    server.FederatedLoop.round = original
+    return res.metrics["seconds"].tolist(), cpu
 
 
 def flower_plain(clients: int, rounds: int) -> list[float]:
@@ -101,36 +128,94 @@ def steady(times: list[float]) -> float:
     return statistics.median(times[1:])
 
 
+def workers(method: str) -> str:
+    """Processes × torch threads of a method (Ray gives an actor OMP_NUM_THREADS = its num_cpus)."""
+    return f"{os.cpu_count()} actors × 1" if method in ("ray", "flower") else f"1 × {torch.get_num_threads()}"
+
+
+def measure(method: str, n: int, rounds: int) -> tuple[float, float | None]:
+    """Steady (wall, CPU) s/round; CPU only where all the work runs in this process."""
+    if method == "flower":
+        return steady(flower_plain(n, rounds)), None
+    wall, cpu = loop(n, rounds) if method == "loop" else fedsim_run(n, rounds, {"name": method})
+    return steady(wall), (steady(cpu) if method in ("loop", "inprocess") else None)
+
+
+def overhead_table(args, previous: list[dict]) -> list[dict]:
+    """Paired ABBA repeats of every method in every setting: one row per (setting, method);
+    rows of settings not measured now are kept."""
+    methods = ["loop", "inprocess"] + ([] if args.skip_ray else ["ray", "flower"])
+    rows = [r for r in previous if r["workload"] not in args.workloads or r["clients"] not in args.clients]
+    for workload in args.workloads:
+        os.environ["BENCH_WORKLOAD"] = workload
+        for n in args.clients:
+            os.environ["BENCH_CLIENTS"] = str(n)
+            measure("loop", n, 2)  # caches (dataset, partitions) and torch's kernels, off the clock
+            times: dict[str, list[float]] = {m: [] for m in methods}
+            cpu: dict[str, list[float | None]] = {m: [] for m in methods}
+            for rep in range(args.repeats):
+                for method in methods if rep % 2 == 0 else methods[::-1]:
+                    wall, cpu_s = measure(method, n, args.rounds)
+                    times[method].append(wall)
+                    cpu[method].append(cpu_s)
+                    print(f"{workload} {n} clients, repeat {rep + 1}: {method} {wall:.4f} s/round (CPU {cpu_s})", flush=True)
+            for method in methods:
+                ratios = [t / b for t, b in zip(times[method], times["loop"])]
+                cpu_ratios = [t / b for t, b in zip(cpu[method], cpu["loop"])] if cpu[method][0] is not None else None
+                rows.append({
+                    "workload": workload, "clients": n, "method": method, "workers": workers(method),
+                    "seconds": times[method], "loop_seconds": times["loop"], "ratios": ratios,
+                    "median_seconds": statistics.median(times[method]), "median_ratio": statistics.median(ratios),
+                    "cpu_seconds": cpu[method], "cpu_ratios": cpu_ratios,
+                    "median_cpu_ratio": statistics.median(cpu_ratios) if cpu_ratios else None,
+                })
+    return rows
+
+
+TABLES = {"overhead": overhead_table}
+
+
+def render(record: dict) -> str:
+    """The results file's tables as Markdown (what docs/engine.md shows)."""
+    settings = record["settings"]
+    out = []
+    rows = record["tables"].get("overhead", [])
+    if rows:
+        out += [
+            f"`inprocess` and the other runtimes against the plain loop: median s/round over rounds 2..{settings['rounds']}, "
+            f"{settings['repeats']} ABBA-paired repeats; ratio = median of per-repeat ratios to the loop "
+            f"(commit `{record['commit'][:10]}`, {record['created']}, torch {record['versions']['torch']}).",
+            "",
+            "CPU ratio: the same with this process's CPU seconds per round (load-independent; "
+            "in-process methods only). The load average at the start is in the results file.",
+            "",
+            "| setting | method | processes × torch threads | wall s/round (median) | wall ratio, per repeat | "
+            "wall ratio (median) | CPU ratio, per repeat | CPU ratio (median) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            per = ", ".join(f"{x:.2f}" for x in r["ratios"])
+            cpu_per = ", ".join(f"{x:.2f}" for x in r["cpu_ratios"]) if r.get("cpu_ratios") else "n/a"
+            cpu_med = f"{r['median_cpu_ratio']:.2f}x" if r.get("median_cpu_ratio") else "n/a"
+            out.append(f"| {r['workload']}, {r['clients']} clients | {METHODS[r['method']]} | {r['workers']} | "
+                       f"{r['median_seconds']:.4f} | {per} | {r['median_ratio']:.2f}x | {cpu_per} | {cpu_med} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, nargs="+", default=[20, 100])
     ap.add_argument("--workloads", nargs="+", default=["mlp", "cnn"], choices=sorted(flower_app.WORKLOADS))
     ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of (a) and (b)")
+    ap.add_argument("--repeats", type=int, default=4, help="ABBA repeats of every method")
     ap.add_argument("--skip-ray", action="store_true", help="only (a) and (b)")
+    reporting.table_options(ap, TABLES)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    table = Table(title=f"runtime overhead on digits: s/round, median of rounds 2..{args.rounds}")
-    for col in ("method", "setting", "s/round", "baseline (a) s/round", "ratio"):
-        table.add_column(col, justify="left" if col == "method" else "right")
-    for workload in args.workloads:
-        os.environ["BENCH_WORKLOAD"] = workload
-        for n in args.clients:
-            os.environ["BENCH_CLIENTS"] = str(n)
-            best = {"(a) plain loop": float("inf"), "(b) fedsim inprocess": float("inf")}
-            for _ in range(args.repeats):
-                best["(a) plain loop"] = min(best["(a) plain loop"], steady(loop(n, args.rounds)))
-                best["(b) fedsim inprocess"] = min(
-                    best["(b) fedsim inprocess"], steady(fedsim_run(n, args.rounds, {"name": "inprocess"}))
-                )
-            if not args.skip_ray:
-                best["(c) fedsim ray"] = steady(fedsim_run(n, args.rounds, {"name": "ray"}))
-                best["(d) plain Flower run_simulation"] = steady(flower_plain(n, args.rounds))
-            base = best["(a) plain loop"]
-            for name, t in best.items():
-                table.add_row(name, f"{workload}, {n} clients", f"{t:.4f}", f"{base:.4f}", f"{t / base:.2f}x")
-            table.add_section()
-    Console(width=120).print(table)
+    warm_up()
+    settings = {k: v for k, v in vars(args).items() if k not in ("render", "only")}
+    settings |= {"cpus": os.cpu_count(), "torch_threads": 1, "load_average_at_start": os.getloadavg()}
+    reporting.run_tables(NAME, args, TABLES, render, settings)
 
 
 if __name__ == "__main__":

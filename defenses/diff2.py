@@ -297,11 +297,11 @@ def build(params: DPGDParams, setup) -> Diff2:
 
 
 register(
-    "strategy", "diff2", params=Diff2Params, client=diff2_train,
+    "strategy", "diff2", params=Diff2Params, client=diff2_train, cpu_only=True,
     description="DIFF2: DP full-batch GD with noisy clipped gradient differences (Murata & Suzuki 2023)",
 )(build)
 register(
-    "strategy", "dpgd", params=DPGDParams, client=diff2_train,
+    "strategy", "dpgd", params=DPGDParams, client=diff2_train, cpu_only=True,
     description="DP-GD: DIFF2 with an anchor every round (T = 1), the paper's baseline",
 )(build)
 

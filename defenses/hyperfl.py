@@ -400,7 +400,7 @@ class HyperFLStrategyParams(FedAvgParams):
 
 @register(
     "strategy", "hyperfl", params=HyperFLStrategyParams, client=hyperfl_train, evaluate=hyperfl_evaluate,
-    canary="bypass", informed=INFORMED_VIEW,
+    canary="bypass", informed=INFORMED_VIEW, cpu_only=True,
 )
 def hyperfl(params: HyperFLStrategyParams, setup) -> HyperFL:
     """HyperFL: share a hypernetwork, keep embeddings and heads private (Guo et al., AAAI 2025)."""

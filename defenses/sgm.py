@@ -353,7 +353,7 @@ def cohort_size(params: FedAvgParams, num_clients: int) -> int:
     return max(int(num_clients * params.fraction_train), min(params.min_train_nodes, num_clients))
 
 
-@register("strategy", "sgm", params=SGMParams, client=sgm_train, upload="update", canary="handler")
+@register("strategy", "sgm", params=SGMParams, client=sgm_train, upload="update", canary="handler", cpu_only=True)
 def sgm(params: SGMParams, setup) -> SGM:
     """Fed-SGM: clipped, Gaussian-sketched, noised client updates (Li, Chen, Banerjee 2025)."""
     check_parameters_only(setup.model, "sgm")

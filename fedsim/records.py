@@ -25,10 +25,11 @@ _MAGIC = b"\x93NUMPY"
 
 
 @functools.lru_cache(maxsize=4096)
-def _header_for(dtype: str, shape: tuple[int, ...]) -> bytes:
+def _header_for(dtype: np.dtype, shape: tuple[int, ...]) -> tuple[bytes, str]:
+    """``np.save``'s header for (dtype, shape), and the dtype's name as ``Array.dtype``."""
     buf = io.BytesIO()
-    np.save(buf, np.empty(shape, dtype=np.dtype(dtype)), allow_pickle=False)
-    return buf.getvalue()[: buf.tell() - int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize]
+    np.save(buf, np.empty(shape, dtype=dtype), allow_pickle=False)
+    return buf.getvalue()[: buf.tell() - int(np.prod(shape, dtype=np.int64)) * dtype.itemsize], str(dtype)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -37,16 +38,33 @@ def _parse_header(header: bytes) -> tuple[np.dtype, bool, tuple[int, ...]]:
     return np.dtype(meta["descr"]), bool(meta["fortran_order"]), tuple(meta["shape"])
 
 
+def _new_array(dtype: str, shape: tuple[int, ...], data: bytes) -> Array:
+    """``Array(dtype=..., shape=..., stype="numpy.ndarray", data=...)`` without its argument
+    dispatch (~50 µs, more than the copy of a small layer): the same attributes, set
+    directly (checked against Flower's constructor in tests/test_records.py)."""
+    array = Array.__new__(Array)
+    array.__dict__.update(_is_dirty=True, dtype=dtype, shape=shape, stype="numpy.ndarray", data=data)
+    return array
+
+
+def record_of(arrays: dict[str, Array]) -> ArrayRecord:
+    """An ArrayRecord holding these very ``Array`` objects (``ArrayRecord(dict)`` copies each)."""
+    record = ArrayRecord()
+    for key, array in arrays.items():
+        record[key] = array
+    return record
+
+
 def encode(array: np.ndarray) -> Array:
     """A Flower ``Array`` with exactly ``np.save``'s bytes for ``array``."""
     if not array.flags.c_contiguous:
         array = np.ascontiguousarray(array)  # (keeps 0-d arrays 0-d, unlike calling it always)
-    header = _header_for(array.dtype.str, array.shape)
-    return Array(dtype=str(array.dtype), shape=tuple(array.shape), stype="numpy.ndarray", data=header + array.tobytes())
+    header, name = _header_for(array.dtype, array.shape)
+    return _new_array(name, tuple(array.shape), header + array.tobytes())
 
 
-def decode(array: Array) -> np.ndarray:
-    """The ndarray of a Flower ``Array`` (a writable copy, as ``np.load`` gives)."""
+def _view(array: Array) -> np.ndarray:
+    """A read-only ndarray over an ``Array``'s bytes (no copy)."""
     data = array.data
     if array.stype != "numpy.ndarray" or data[:6] != _MAGIC:
         return array.numpy()
@@ -59,13 +77,19 @@ def decode(array: Array) -> np.ndarray:
     dtype, fortran, shape = _parse_header(header)
     if dtype.hasobject:
         return array.numpy()
-    flat = np.frombuffer(data, dtype=dtype, offset=start, count=int(np.prod(shape, dtype=np.int64)))
-    return flat.reshape(shape, order="F" if fortran else "C").copy(order="K")
+    flat = np.frombuffer(data, dtype=dtype, offset=start, count=math.prod(shape))
+    return flat.reshape(shape, order="F" if fortran else "C")
+
+
+def decode(array: Array) -> np.ndarray:
+    """The ndarray of a Flower ``Array`` (a writable copy, as ``np.load`` gives)."""
+    view = _view(array)
+    return view.copy(order="K") if not view.flags.writeable else view
 
 
 def to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
     """``ArrayRecord(state_dict)`` (same keys, same bytes), without re-writing headers."""
-    return ArrayRecord({k: encode(v.detach().cpu().numpy()) for k, v in state.items()})
+    return record_of({k: encode(v.detach().cpu().numpy()) for k, v in state.items()})
 
 
 def to_state_dict(record: ArrayRecord) -> OrderedDict[str, torch.Tensor]:
@@ -79,12 +103,12 @@ def weighted_mean(records: list[ArrayRecord], weights: list[float]) -> ArrayReco
     out: dict[str, np.ndarray] = {}
     for record, w in zip(records, weights, strict=True):
         for key, value in record.items():
-            arr = decode(value) * (w / total)
+            arr = _view(value) * (w / total)
             if key in out:
                 out[key] += arr
             else:
                 out[key] = arr
-    return ArrayRecord({k: encode(np.asarray(v)) for k, v in out.items()})
+    return record_of({k: encode(np.asarray(v)) for k, v in out.items()})
 
 
 def stack(records: list[ArrayRecord]) -> torch.Tensor:
@@ -97,7 +121,7 @@ def stack(records: list[ArrayRecord]) -> torch.Tensor:
     for row, record in zip(out, records):
         start = 0
         for arr in record.values():
-            a = decode(arr)
+            a = _view(arr)
             row[start : start + a.size] = a.ravel()
             start += a.size
     return torch.from_numpy(out)

@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+    model_validator,
+)
 
 from fedsim import registry
 from fedsim.world.devices import AsynchronousParams, DeviceParams, asynchronous_errors
@@ -84,19 +87,50 @@ class ClientResources(_Strict):
     num_gpus: float = Field(0.0, ge=0, description="GPUs (or a fraction) per client actor")
 
 
-class InProcessRuntime(_Strict):
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
+
+
+class _Device(_Strict):
+    device: str = Field(
+        "cpu",
+        pattern=DEVICE_PATTERN,
+        description="where models train and evaluate: auto (CUDA when present) | cpu | cuda | cuda:N | mps",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, value: str) -> str:
+        from fedsim.training import resolve_device
+
+        resolve_device(value)  # ValueError naming what is missing
+        return value
+
+
+class InProcessRuntime(_Device):
     """fedsim's own Grid: the ClientApp is called in this process, one message after another."""
 
     name: Literal["inprocess"] = "inprocess"
     threads: int = Field(1, ge=1, description="torch intra-op threads while the run lasts")
 
 
-class RayRuntime(_Strict):
-    """Flower's Simulation Engine: Ray actors host the ClientApp."""
+class RayRuntime(_Device):
+    """Ray actors host the ClientApp; ``client_resources.num_gpus`` > 0 gives each actor
+    that share of a GPU (Ray hides GPUs from actors that ask for none)."""
 
     name: Literal["ray"]
     address: str | None = Field(None, description='a running Ray cluster ("auto" or HOST:PORT); null: a local Ray instance')
     client_resources: ClientResources = ClientResources()
+
+    @model_validator(mode="after")
+    def _gpu_actors(self) -> RayRuntime:
+        if self.device.startswith("cuda") and self.client_resources.num_gpus == 0:
+            raise ValueError(
+                f"device: {self.device} needs client_resources.num_gpus > 0 (e.g. 0.25: four actors per GPU); "
+                "Ray hides the GPUs from actors that ask for none"
+            )
+        if self.device.startswith("cuda:") and self.device != "cuda:0":
+            raise ValueError(f"device: {self.device}: a Ray actor sees only the GPU Ray gives it, as cuda:0; use cuda")
+        return self
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -476,6 +510,7 @@ def validate(data: dict, source: str = "<scenario>", lines: dict | None = None,
         errors += _rounds_in_range(scenario)
         errors += _data_fits(scenario)
         errors += asynchronous_errors(scenario, data)
+        errors += _device_fits(scenario)
     if errors:
         raise _fail(errors, source, lines, data, origins)
     assert scenario is not None
@@ -587,6 +622,22 @@ def _decentralized_only(scenario: Scenario, data: dict) -> list[dict]:
             msg = f"no such nodes among num_clients={scenario.num_clients}"
             errors.append({"loc": ("churn", i, "nodes"), "type": "value_error", "msg": msg, "input": bad})
     return errors
+
+
+def _device_fits(scenario: Scenario) -> list[dict]:
+    """Strategies registered with ``cpu_only=True`` (client code that draws its seeded noise
+    or state on CPU next to the model) refuse a GPU ``runtime.device``."""
+    device = getattr(scenario.runtime, "device", "cpu")
+    try:
+        cpu_only = registry.get("strategy", scenario.strategy.name).extras.get("cpu_only", False)
+    except KeyError:
+        return []  # reported above
+    from fedsim.training import resolve_device
+
+    if not cpu_only or resolve_device(device).type == "cpu":
+        return []
+    msg = f"strategy '{scenario.strategy.name}' trains on CPU only; use device: cpu"
+    return [{"loc": ("runtime", "device"), "type": "value_error", "msg": msg, "input": device}]
 
 
 def _defense_fits(scenario: Scenario, data: dict) -> list[dict]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import weakref
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -29,6 +31,52 @@ def torch_generator(seed: int, *keys: int | str) -> torch.Generator:
     gen = torch.Generator()
     gen.manual_seed(derive_seed(seed, *keys))
     return gen
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``runtime.device`` as a torch device: ``auto`` is CUDA when present, else CPU;
+    ValueError when the named device does not exist in this process."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ValueError(f"device {spec!r}: torch.cuda is not available here (torch {torch.__version__}, "
+                             f"{build}); use cpu, or auto to take a GPU only when there is one")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {spec!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {spec!r}: torch.backends.mps is not available here; use cpu or auto")
+    return device
+
+
+@contextmanager
+def seeded_torch_rng(seed: int, device: torch.device = torch.device("cpu")) -> Iterator[None]:
+    """Torch's global RNG (CPU, and ``device``'s when it is a GPU) seeded with ``seed`` for
+    the block and restored afterwards: what dropout masks and random layers draw from.
+
+    Same streams as ``torch.manual_seed(seed)``, which on a CPU-only build also queues a
+    seed, with a Python stack trace, for each absent GPU backend (~0.3 ms a call); here
+    only the generators in use are seeded and restored (a few µs).
+    """
+    generators = [torch.default_generator]
+    if device.type == "cuda":
+        torch.cuda.init()  # fills torch.cuda.default_generators (a no-op once initialised)
+        generators.append(torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()])
+    saved = [g.get_state() for g in generators]
+    mps_saved = torch.mps.get_rng_state() if device.type == "mps" else None
+    for g in generators:
+        g.manual_seed(seed)
+    if mps_saved is not None:
+        torch.mps.manual_seed(seed)
+    try:
+        yield
+    finally:
+        for g, state in zip(generators, saved):
+            g.set_state(state)
+        if mps_saved is not None:
+            torch.mps.set_rng_state(mps_saved)
 
 
 def batches(n: int, batch_size: int, epochs: int, steps: int | None, gen: torch.Generator) -> Iterator[torch.Tensor]:
@@ -78,7 +126,7 @@ def local_sgd(
     ``grad_hook`` runs after each backward pass and before the step, so that a strategy
     can add its own term to the gradients (FedProx's mu·(w − w_global)).
     """
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    opt = sgd(model, lr=lr, momentum=momentum, weight_decay=weight_decay)
     model.train()
     total, count = 0.0, 0
     for idx in batches(len(x), batch_size, epochs, steps, gen):
@@ -91,6 +139,31 @@ def local_sgd(
         total += loss.item()
         count += 1
     return (total / count if count else float("nan")), count
+
+
+_optimizers: weakref.WeakKeyDictionary[nn.Module, torch.optim.SGD] = weakref.WeakKeyDictionary()
+
+
+def sgd(model: nn.Module, lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> torch.optim.SGD:
+    """A fresh-state ``torch.optim.SGD`` over ``model``'s parameters: one optimizer per model
+    is kept and reset (state cleared, hyperparameters set) instead of built per client."""
+    params = list(model.parameters())
+    opt = _optimizers.get(model)
+    group = None if opt is None else opt.param_groups[0]
+    if group is None or len(group["params"]) != len(params) or any(a is not b for a, b in zip(group["params"], params)):
+        opt = _optimizers[model] = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return opt
+    opt.state.clear()  # no momentum buffers: the first step starts them, as in a new optimizer
+    group.update(lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return opt
+
+
+def warm_up() -> None:
+    """Import what torch loads lazily on the first optimizer step (``torch._dynamo``,
+    seconds), so that round 1 is not charged for it."""
+    weight = nn.Parameter(torch.zeros(1))
+    weight.grad = torch.zeros(1)
+    torch.optim.SGD([weight], lr=0.0).step()
 
 
 @torch.no_grad()

@@ -66,7 +66,7 @@ def upload_update(content: RecordDict, env: ClientEnv) -> RecordDict:
         update = {k: start[k] - p.detach() for k, p in params.items()}
     return RecordDict(
         {
-            "arrays": ArrayRecord({k: Array(v.detach().numpy()) for k, v in update.items()}),
+            "arrays": ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in update.items()}),
             "metrics": MetricRecord({"train_loss": train_loss, "num-examples": len(env.x)}),
         }
     )

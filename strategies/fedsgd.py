@@ -13,7 +13,6 @@ known model on one batch of private examples); ``attacks/`` reconstructs from it
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flwr_strategy
@@ -22,7 +21,7 @@ from fedsim.apps.client import ClientEnv
 from fedsim.records import to_record, to_state_dict, weighted_mean
 from fedsim.registry import register
 from fedsim.sampling import SeededSampling
-from fedsim.training import batches, derive_seed
+from fedsim.training import batches, derive_seed, seeded_torch_rng
 from fedsim.strategies.fedavg import FedAvgParams, sampling_kwargs
 
 
@@ -34,8 +33,7 @@ def fedsgd_train(content: RecordDict, env: ClientEnv) -> RecordDict:
     model.train()
     model.zero_grad(set_to_none=True)
     # dropout masks from the (seed, round, client) stream, not the process's global RNG
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(env.scenario.seed, rnd, env.partition_id, "dropout"))
+    with seeded_torch_rng(derive_seed(env.scenario.seed, rnd, env.partition_id, "dropout"), env.device):
         loss = F.cross_entropy(model(env.x[idx]), env.y[idx])
     loss.backward()
     grads = {name: p.grad for name, p in model.named_parameters()}

@@ -86,7 +86,7 @@ def scaffold_train(content: RecordDict, env: ClientEnv) -> RecordDict:
     model = env.load(content["arrays"])
     server_round = int(content["config"]["server-round"])
     x = model_vector(model)
-    c = record_vector(content[CONTROL_KEY])
+    c = record_vector(content[CONTROL_KEY], env.device)
     c_i = load_state(env, STATE_KEY, x.numel())
     options = sgd_options(env)
     loss, steps = local_descent(

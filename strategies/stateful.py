@@ -163,11 +163,12 @@ def to_arrays(vector: torch.Tensor, like: ArrayRecord) -> ArrayRecord:
 
 def vector_record(vector: torch.Tensor) -> ArrayRecord:
     """A flat vector as a one-array record (controls, duals: what travels or is kept)."""
-    return ArrayRecord({VECTOR_KEY: Array(vector.detach().numpy().copy())})
+    return ArrayRecord({VECTOR_KEY: Array(vector.detach().cpu().numpy().copy())})
 
 
-def record_vector(record: ArrayRecord) -> torch.Tensor:
-    return torch.from_numpy(record[VECTOR_KEY].numpy().copy())
+def record_vector(record: ArrayRecord, device: torch.device | None = None) -> torch.Tensor:
+    """Inverse of ``vector_record``, on ``device`` (a client's ``env.device``) if given."""
+    return torch.from_numpy(record[VECTOR_KEY].numpy().copy()).to(device)
 
 
 def check_parameters_only(model: nn.Module, strategy: str) -> None:
@@ -186,8 +187,8 @@ def check_parameters_only(model: nn.Module, strategy: str) -> None:
 def load_state(env: ClientEnv, key: str, size: int) -> torch.Tensor:
     """The client's persistent vector ``key`` from ``Context.state`` (zeros the first time)."""
     if key in env.state:
-        return record_vector(env.state[key])
-    return torch.zeros(size)
+        return record_vector(env.state[key], env.device)
+    return torch.zeros(size, device=env.device)
 
 
 def save_state(env: ClientEnv, key: str, vector: torch.Tensor) -> int:

@@ -56,3 +56,59 @@ def test_pathological_gives_exactly_k_classes():
 def test_dirichlet_respects_min_partition_size():
     _, p = parts("dirichlet", 1, alpha=0.3, min_partition_size=15)
     assert min(len(i) for i in p) >= 15
+
+
+# ------------------------------------------- NumPy partitioners == flwr-datasets' own
+
+
+def flwr_reference(partitioner, labels):
+    """flwr-datasets' partition of ``labels``: each client's example indices, sorted."""
+    from datasets import Dataset
+
+    partitioner.dataset = Dataset.from_dict({"label": labels, "idx": np.arange(len(labels))})
+    return [np.sort(np.asarray(partitioner.load_partition(i)["idx"])) for i in range(partitioner.num_partitions)]
+
+
+def small_labels(n, seed, classes=10):
+    return np.random.default_rng(seed).integers(0, classes, n)
+
+
+@pytest.mark.parametrize("n, clients, seed", [(100, 7, 0), (1437, 20, 3), (50, 50, 1), (1000, 1, 2)])
+def test_iid_equals_flwr_datasets(n, clients, seed):
+    from flwr_datasets.partitioner import IidPartitioner
+
+    labels = small_labels(n, seed)
+    ours = make_partitions("iid", get("partitioner", "iid").params(), labels, clients, seed)
+    perm = np.random.default_rng(seed).permutation(n)
+    ref = [np.sort(perm[p]) for p in flwr_reference(IidPartitioner(num_partitions=clients), labels[perm])]
+    assert len(ours) == clients
+    assert all(np.array_equal(a, b) for a, b in zip(ours, ref, strict=True))
+
+
+@pytest.mark.parametrize("n, clients, k, seed", [(100, 7, 2, 0), (1437, 20, 2, 3), (1000, 30, 3, 5), (999, 10, 1, 4)])
+def test_shard_equals_flwr_datasets(n, clients, k, seed):
+    from flwr_datasets.partitioner import ShardPartitioner
+
+    labels = small_labels(n, seed)
+    ours = make_partitions("shard", get("partitioner", "shard").params(shards_per_client=k), labels, clients, seed)
+    ref = flwr_reference(
+        ShardPartitioner(num_partitions=clients, partition_by="label", num_shards_per_partition=k, seed=seed), labels
+    )
+    assert all(np.array_equal(a, b) for a, b in zip(ours, ref, strict=True))
+
+
+def test_natural_groups_by_user():
+    groups = np.array([3, 1, 3, 2, 1, 1, 3, 2])
+    got = make_partitions("natural", get("partitioner", "natural").params(), np.zeros(8, int), 3, 0, groups)
+    assert [p.tolist() for p in got] == [[1, 4, 5], [3, 7], [0, 2, 6]]
+
+
+def test_iid_and_shard_split_a_million_examples_over_100k_clients_fast():
+    import time
+
+    labels = small_labels(1_000_000, 0)
+    for name, params in [("iid", {}), ("shard", {"shards_per_client": 2})]:
+        start = time.perf_counter()
+        got = make_partitions(name, get("partitioner", name).params(**params), labels, 100_000, 0)
+        assert time.perf_counter() - start < 5.0
+        assert len(got) == 100_000 and sum(len(p) for p in got) <= 1_000_000

@@ -34,3 +34,19 @@ def test_state_dict_round_trip_equals_flowers_arrayrecord():
     back = to_state_dict(ours)
     for k, v in model.state_dict().items():
         assert torch.equal(back[k], v) and back[k].dtype == v.dtype
+
+
+def test_fast_arrays_are_flowers_own():
+    """records builds Arrays without Flower's argument dispatch: same attributes, same
+    object id and bytes as Flower's constructor; a record keeps the very Arrays it is given."""
+    import numpy as np
+    from flwr.app import Array
+
+    from fedsim.records import encode, record_of
+
+    for value in (np.arange(12, dtype=np.float32).reshape(3, 4), np.array(7, dtype=np.int64), np.zeros(0, np.float64)):
+        ours, flowers = encode(value), Array(value)
+        assert vars(ours) == vars(flowers)
+        assert ours.object_id == flowers.object_id and np.array_equal(ours.numpy(), value)
+    arrays = {"w": encode(np.ones(3, np.float32))}
+    assert record_of(arrays)["w"] is arrays["w"]

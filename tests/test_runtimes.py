@@ -86,3 +86,41 @@ def test_dropout_masks_are_seeded_per_round_and_client(tiny):
     torch.rand(100)  # move the global RNG: results must not depend on it
     b = fedsim.run(tiny)
     pd.testing.assert_frame_equal(a.metrics[METRICS], b.metrics[METRICS])
+
+
+class CountingGrid(InProcessGrid):
+    """An in-process grid that counts the messages it delivers, by type."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.delivered: list[str] = []
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        self.delivered += [m.metadata.message_type for m in messages]
+        return super().push_messages(messages)
+
+
+@pytest.mark.parametrize("num_clients", [10, 1000])
+def test_start_up_sends_no_message_and_a_round_sets_up_only_its_cohort(num_clients):
+    """Node set-up is O(cohort): connecting sends nothing, whatever N; each node is set up
+    once, just before its first message; idle nodes have no Context at all."""
+    import json
+
+    from fedsim.apps import client
+    from fedsim.apps.setup import prepare
+    from fedsim.scenario import load
+    from fedsim.world.base import Fleet
+
+    sc = load({"name": "scale", "rounds": 1, "num_clients": num_clients, "partition": {"name": "iid"}})
+    grid = CountingGrid(client.app, num_clients, sc.seed)
+    fleet = Fleet(grid, num_clients)
+    fleet.connect(json.dumps(sc.to_dict()), prepare(sc).partitions)
+    assert grid.delivered == [] and grid.contexts == {}
+    cohort = [fleet.get_node_ids()[pid] for pid in (0, 3, 7)]
+    query = [Message(RecordDict(), nid, "query.checkpoint") for nid in cohort]
+    assert [fleet.partition_of(r) for r in fleet.send_and_receive(query)] == [0, 3, 7]
+    assert grid.delivered == ["query.setup"] * 3 + ["query.checkpoint"] * 3
+    fleet.send_and_receive([Message(RecordDict(), nid, "query.checkpoint") for nid in cohort[:2]])
+    assert grid.delivered[6:] == ["query.checkpoint"] * 2  # no second set-up
+    assert sorted(grid.contexts) == sorted(cohort)

@@ -8,7 +8,9 @@ with :func:`fedsim.apps.setup.connect_nodes`, or the run names a scenario file i
 run config (``fedsim-scenario``) and each node sets itself up from it; otherwise every
 reply is an error saying so. Train replies carry the node's ``partition-id`` (a
 ``ConfigRecord`` under ``"node"``), so strategies keyed by client need no fedsim grid. Datasets and a model instance are cached per process, keyed by the
-scenario, and the model is reset in place from each incoming message.
+scenario, and the model is reset in place from each incoming message. The model and the
+training examples live on ``runtime.device``: the examples are moved there once per run
+(per process), each node's partition is gathered there once and kept.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch import nn
 from fedsim import registry
 from fedsim.records import PARTITION_ID, to_record, to_state_dict
 from fedsim.scenario import Scenario, from_json
-from fedsim.training import derive_seed, evaluate, local_sgd, torch_generator
+from fedsim.training import derive_seed, evaluate, local_sgd, resolve_device, seeded_torch_rng, torch_generator
 
 STATE_KEY = "fedsim"
 CRASH = "fedsim.crash"  # config flags the fault-injection layer sets (fedsim.world.faults)
@@ -60,9 +62,11 @@ def _shared(blob: str) -> _Shared:
     from fedsim.models import build_model
 
     scenario = from_json(blob)
+    device = resolve_device(getattr(scenario.runtime, "device", "cpu"))  # deployments train on CPU
     ds = load_dataset(scenario.dataset.name, scenario.dataset.raw_params(), scenario.seed)
-    model = build_model(scenario.model.name, scenario.model.raw_params(), ds.input_shape, ds.num_classes)
-    return _Shared(scenario, model, torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train), ds.num_classes)
+    model = build_model(scenario.model.name, scenario.model.raw_params(), ds.input_shape, ds.num_classes).to(device)
+    x, y = torch.from_numpy(ds.x_train).to(device), torch.from_numpy(ds.y_train).to(device)
+    return _Shared(scenario, model, x, y, ds.num_classes)
 
 
 _partitions: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -74,7 +78,7 @@ def _partition(blob: str, pid: int, indices: Array) -> tuple[torch.Tensor, torch
         if any(key[0] != blob for key in _partitions):
             _partitions.clear()  # a new run in this process: drop the last run's copies
         shared = _shared(blob)
-        idx = torch.from_numpy(indices.numpy().copy())
+        idx = torch.from_numpy(indices.numpy().copy()).to(shared.x.device)
         _partitions[(blob, pid)] = (shared.x[idx], shared.y[idx])
     return _partitions[(blob, pid)]
 
@@ -96,6 +100,11 @@ class ClientEnv:
     # handler (as if it had trained to received + C·u_j); with ``canary="bypass"`` (clients
     # that reply their trained model) ``canary_reply`` replaces the handler for that upload
     canary: torch.Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where this client's model and examples live (``runtime.device``)."""
+        return self.x.device
 
     def load(self, arrays: ArrayRecord) -> nn.Module:
         """Reset the model in place from ``arrays`` (same keys as its state dict) and return it."""
@@ -225,8 +234,7 @@ def train(msg: Message, context: Context) -> Message:
         raise RuntimeError(f"injected crash of client {env.partition_id} (faults.crash_probability)")
     if config.get(DELAY):
         time.sleep(float(config[DELAY]))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(env.scenario.seed, server_round, env.partition_id, "torch"))
+    with seeded_torch_rng(derive_seed(env.scenario.seed, server_round, env.partition_id, "torch"), env.device):
         reply = handler(msg.content, env)
         if mod is not None:  # the defense transforms what leaves the client (clip, noise)
             reply = mod(msg.content, reply, env)

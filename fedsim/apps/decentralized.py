@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING
 
 import networkx as nx
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from pydantic import Field
 
@@ -39,7 +38,7 @@ from fedsim.apps import client
 from fedsim.world.network import Membership, NetworkModel, NetworkParams, local_work
 from fedsim.recorder import Recorder
 from fedsim.registry import Params
-from fedsim.training import evaluate, seed_sequence
+from fedsim.training import evaluate, seed_sequence, seeded_torch_rng
 from fedsim.world.base import Fleet
 
 if TYPE_CHECKING:
@@ -68,8 +67,7 @@ def node_env(context: Context) -> client.ClientEnv:
 def seeded_torch(env: client.ClientEnv, server_round: int) -> Iterator[None]:
     """Torch's global RNG (dropout masks) seeded from (seed, round, node) while a node trains."""
     seed = int(seed_sequence(env.scenario.seed, server_round, env.partition_id, "torch").generate_state(1)[0])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_torch_rng(seed, env.device):
         yield
 
 
@@ -232,8 +230,7 @@ class DecentralizedLoop:
         self.fleet = fleet
         self.recorder = recorder
         self.model = setup.model
-        self.x_test = torch.from_numpy(setup.dataset.x_test)
-        self.y_test = torch.from_numpy(setup.dataset.y_test)
+        self.tester, self.x_test, self.y_test = setup.test_kit()
         n = self.scenario.num_clients
         k = strategy.params.eval_nodes
         if k is None or k >= n:
@@ -276,8 +273,8 @@ class DecentralizedLoop:
         self.recorder.log(row)
 
     def _test(self, record: ArrayRecord) -> tuple[float, float]:
-        self.model.load_state_dict(record.to_torch_state_dict())
-        return evaluate(self.model, self.x_test, self.y_test, self.scenario.evaluation.batch_size)
+        self.tester.load_state_dict(record.to_torch_state_dict())
+        return evaluate(self.tester, self.x_test, self.y_test, self.scenario.evaluation.batch_size)
 
     def evaluate(self, net: Network) -> dict:
         row: dict = {"nodes_evaluated": 0, "bytes_sent_per_node": [int(b) for b in net.sent]}

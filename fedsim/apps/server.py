@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from torch import nn
@@ -62,8 +61,7 @@ class FederatedLoop:
         self.recorder = recorder
         self.model = setup.model
         self.initial = copy.deepcopy(setup.model) if setup.scenario.audit is not None else None  # θ_0
-        self.x_test = torch.from_numpy(setup.dataset.x_test)
-        self.y_test = torch.from_numpy(setup.dataset.y_test)
+        self.tester, self.x_test, self.y_test = setup.test_kit()
 
     def run(self, start_round: int = 1) -> ArrayRecord:
         arrays = to_record(self.model.state_dict())
@@ -139,9 +137,9 @@ class FederatedLoop:
         # personalised strategies (HyperFL) have no global predictor: fed_acc is their metric
         personalized = getattr(self.strategy, "personalized", False)
         if (rnd % sc.evaluation.eval_every == 0 or rnd == sc.rounds) and not personalized:
-            self.model.load_state_dict(arrays.to_torch_state_dict())
+            self.tester.load_state_dict(arrays.to_torch_state_dict())
             row["test_loss"], row["test_acc"] = evaluate(
-                self.model, self.x_test, self.y_test, sc.evaluation.batch_size
+                self.tester, self.x_test, self.y_test, sc.evaluation.batch_size
             )
         row.update(self.grid.take_metrics())
         row["aggregate_seconds"] = agg_seconds

@@ -4,6 +4,7 @@ seeded initial model (``prepare``), handed to every strategy and world layer; an
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from fedsim.data.datasets import Dataset, load_dataset
 from fedsim.data.partition import make_partitions
 from fedsim.models import build_model
 from fedsim.scenario import Scenario
-from fedsim.training import derive_seed
+from fedsim.training import derive_seed, resolve_device, seeded_torch_rng, warm_up
 
 
 @dataclass
@@ -33,10 +34,23 @@ class ServerSetup:
     def partition_sizes(self) -> list[int]:
         return [len(p) for p in self.partitions]
 
+    @property
+    def device(self) -> torch.device:
+        """``runtime.device`` of this run (deployments: CPU)."""
+        return resolve_device(getattr(self.scenario.runtime, "device", "cpu"))
 
-def partitions_of(scenario: Scenario) -> list[np.ndarray]:
+    def test_kit(self) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+        """A model to load global models into for testing, and the test set, on the run's
+        device (on CPU the initial model itself, whose final state the run returns)."""
+        device = self.device
+        model = self.model if device.type == "cpu" else copy.deepcopy(self.model).to(device)
+        x, y = torch.from_numpy(self.dataset.x_test), torch.from_numpy(self.dataset.y_test)
+        return model, x.to(device), y.to(device)
+
+
+def partitions_of(scenario: Scenario, ds: Dataset | None = None) -> list[np.ndarray]:
     """Every client's example indices (the same on the server and on self-set-up nodes)."""
-    ds = load_dataset(scenario.dataset.name, scenario.dataset.raw_params(), scenario.seed)
+    ds = ds or load_dataset(scenario.dataset.name, scenario.dataset.raw_params(), scenario.seed)
     return make_partitions(
         scenario.partition.name, scenario.partition.params, ds.y_train, scenario.num_clients, scenario.seed, ds.groups
     )
@@ -45,10 +59,10 @@ def partitions_of(scenario: Scenario) -> list[np.ndarray]:
 def prepare(scenario: Scenario) -> ServerSetup:
     """Dataset, partitions and the seeded initial model of a scenario."""
     ds = load_dataset(scenario.dataset.name, scenario.dataset.raw_params(), scenario.seed)
-    parts = partitions_of(scenario)
-    with torch.random.fork_rng():
-        torch.manual_seed(derive_seed(scenario.seed, "model-init"))
+    parts = partitions_of(scenario, ds)
+    with seeded_torch_rng(derive_seed(scenario.seed, "model-init")):  # models are built on CPU
         model = build_model(scenario.model.name, scenario.model.raw_params(), ds.input_shape, ds.num_classes)
+    warm_up()  # torch's lazy imports happen now, not in round 1's time
     return ServerSetup(scenario, ds, parts, model)
 
 

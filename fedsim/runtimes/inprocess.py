@@ -37,7 +37,8 @@ class InProcessGrid(Grid):
     """A Flower ``Grid`` that runs the ClientApp synchronously in the calling process.
 
     Node ids come from a seeded RNG; node i holds partition i and keeps one ``Context``
-    for the whole run (``Context.state`` persists across rounds, as on a SuperNode).
+    for the whole run (``Context.state`` persists across rounds, as on a SuperNode),
+    made when the node first gets a message.
     A ClientApp that raises produces an error reply; the run goes on.
     """
 
@@ -47,18 +48,27 @@ class InProcessGrid(Grid):
         self.client_app = client_app
         self._run = Run.create_empty(int(rng.integers(1, 2**62)))
         _set_task_identity(self._run.run_id)
-        self._node_ids = [int(i) for i in ids]
-        self.contexts = {
-            nid: Context(
+        self._node_ids = ids.tolist()
+        self._partition = {nid: i for i, nid in enumerate(self._node_ids)}
+        # a node's Context is made when it first gets a message: 10^5 idle nodes cost nothing
+        self.contexts: dict[int, Context] = {}
+        self._replies: dict[str, Message] = {}
+
+    def partition_ids(self) -> dict[int, int]:
+        """Node id -> partition id, known here without asking every node (``Fleet.connect``)."""
+        return self._partition
+
+    def context(self, node_id: int) -> Context:
+        """Node ``node_id``'s Context (persists for the run, as on a SuperNode)."""
+        if node_id not in self.contexts:
+            self.contexts[node_id] = Context(
                 run_id=self._run.run_id,
-                node_id=nid,
-                node_config={"partition-id": i, "num-partitions": num_nodes},
+                node_id=node_id,
+                node_config={"partition-id": self._partition[node_id], "num-partitions": len(self._node_ids)},
                 state=RecordDict(),
                 run_config={},
             )
-            for i, nid in enumerate(self._node_ids)
-        }
-        self._replies: dict[str, Message] = {}
+        return self.contexts[node_id]
 
     @property
     def run(self) -> Run:
@@ -78,7 +88,7 @@ class InProcessGrid(Grid):
         for msg in messages:
             msg_id = uuid4().hex
             msg.metadata.__dict__["_message_id"] = msg_id
-            context = self.contexts[msg.metadata.dst_node_id]
+            context = self.context(msg.metadata.dst_node_id)
             try:
                 reply = self.client_app(msg, context)
             except Exception as exc:  # a failing client is recorded, never fatal

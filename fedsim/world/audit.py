@@ -67,7 +67,7 @@ def apply_canary(model: nn.Module, canary: torch.Tensor) -> None:
     """The canary client's 'training': trainable parameters ← received + C·u_j."""
     params = [p for p in model.parameters() if p.requires_grad]
     with torch.no_grad():
-        torch.nn.utils.vector_to_parameters(torch.nn.utils.parameters_to_vector(params) + canary, params)
+        torch.nn.utils.vector_to_parameters(torch.nn.utils.parameters_to_vector(params) + canary.to(params[0].device), params)
 
 
 def client_canary(content: RecordDict, seed: int, dim: int) -> torch.Tensor | None:

@@ -107,11 +107,30 @@ class Fleet(GridWrapper):
         self.node: dict[int, int] = {}
         self.bytes_down = 0
         self.bytes_up = 0
+        self.ready: set[int] = set()  # nodes that have their scenario and indices
+        self._scenario_json: str | None = None
+        self._partitions: list[np.ndarray] = []
+        self._setup_s: float | None = None
+        self._node_ids: list[int] | None = None
 
     def connect(self, scenario_json: str, partitions: list[np.ndarray], wait_s: float = 300.0) -> None:
-        """Wait for every node, learn its partition id, send it the scenario and its indices.
+        """Learn which node holds which partition; set the nodes up with the scenario and
+        their example indices.
 
-        ``wait_s`` bounds the wait for the nodes and each of the two set-up exchanges."""
+        A grid that knows its nodes' partitions (``partition_ids()``, the in-process grid)
+        is not asked node by node, and a node is set up only when it is first addressed:
+        start-up costs O(1) messages and each round O(cohort), whatever ``num_clients``.
+        Otherwise (SuperNodes, Ray) every node says which partition it holds (``hello``)
+        and all are set up here, so that a missing node stops the run at once. ``wait_s``
+        bounds the wait for the nodes and each of the set-up exchanges."""
+        known = getattr(self.inner, "partition_ids", None)
+        if known is not None:
+            self.partition = dict(known())
+            self.node = {pid: nid for nid, pid in self.partition.items()}
+            self._check_partitions()
+            self._node_ids = [self.node[pid] for pid in range(self.num_clients)]
+            self._scenario_json, self._partitions, self._setup_s = scenario_json, partitions, wait_s
+            return
         deadline = time.monotonic() + wait_s
         while len(nodes := sorted(self.inner.get_node_ids())) < self.num_clients:
             if time.monotonic() > deadline:
@@ -122,27 +141,43 @@ class Fleet(GridWrapper):
             pid = int(reply.content["node"]["partition-id"])
             if pid in self.node:
                 raise RuntimeError(f"two nodes hold partition {pid}: each SuperNode needs its own partition-id")
-            if not 0 <= pid < self.num_clients:
-                raise RuntimeError(f"a node holds partition {pid}, but the scenario has {self.num_clients} clients")
             self.partition[reply.metadata.src_node_id] = pid
             self.node[pid] = reply.metadata.src_node_id
+        self._check_partitions()
+        self._node_ids = [self.node[pid] for pid in range(self.num_clients)]
+        self._scenario_json, self._partitions, self._setup_s = scenario_json, partitions, wait_s
+        self._set_up(self._node_ids)
+
+    def _check_partitions(self) -> None:
+        bad = sorted(pid for pid in self.node if not 0 <= pid < self.num_clients)
+        if bad:
+            raise RuntimeError(f"a node holds partition {bad[0]}, but the scenario has {self.num_clients} clients")
         missing = sorted(set(range(self.num_clients)) - set(self.node))
         if missing:
             raise RuntimeError(f"no node holds partitions {missing}")
+
+    def _set_up(self, nodes: Iterable[int]) -> None:
+        """Send the scenario and their indices to those of ``nodes`` not yet set up (one batch)."""
+        if self._scenario_json is None:
+            return
+        todo = sorted({nid for nid in nodes if nid not in self.ready}, key=self.partition.__getitem__)
+        if not todo:
+            return
+        self.ready.update(todo)
         setup = [
             Message(
                 RecordDict(
                     {
-                        "setup": ConfigRecord({"scenario": scenario_json}),
-                        "partition": ArrayRecord({"indices": index_array(partitions[pid])}),
+                        "setup": ConfigRecord({"scenario": self._scenario_json}),
+                        "partition": ArrayRecord({"indices": index_array(self._partitions[self.partition[nid]])}),
                     }
                 ),
-                self.node[pid],
+                nid,
                 f"{MessageType.QUERY}.setup",
             )
-            for pid in range(self.num_clients)
+            for nid in todo
         ]
-        self._exchange(setup, wait_s)
+        self._exchange(setup, self._setup_s)
 
     def _exchange(self, messages: list[Message], timeout: float | None, what: str = "node set-up") -> list[Message]:
         """Messages every node must answer (set-up, checkpoints): an error stops the run."""
@@ -153,7 +188,9 @@ class Fleet(GridWrapper):
         return replies
 
     def _send(self, messages: list[Message], timeout: float | None) -> list[Message]:
-        """Push, then pull until every message has a reply or ``timeout`` runs out."""
+        """Set up the addressed nodes if needed; push, then pull until every message has a
+        reply or ``timeout`` runs out."""
+        self._set_up(m.metadata.dst_node_id for m in messages)
         pushed = set(self.inner.push_messages(messages))
         pending = {m.metadata.message_id: m for m in messages if m.metadata.message_id in pushed}
         unsent = [m for m in messages if m.metadata.message_id not in pending]
@@ -175,7 +212,9 @@ class Fleet(GridWrapper):
         return replies
 
     def get_node_ids(self) -> list[int]:
-        return [self.node[pid] for pid in range(self.num_clients) if pid in self.node]
+        if self._node_ids is None:  # not connected (tests that fill ``partition`` themselves)
+            return [self.node[pid] for pid in range(self.num_clients) if pid in self.node]
+        return self._node_ids
 
     def partition_of(self, message: Message) -> int:
         """Partition id of the node that sent a reply (or is addressed by an instruction)."""
@@ -198,9 +237,13 @@ class Fleet(GridWrapper):
         """The fleet's own state is re-made by ``connect``; clients' by ``restore``."""
 
     def client_states(self, partitions: Iterable[int] | None = None) -> dict[int, RecordDict]:
-        """Every node's (or the given partitions') persistent ``Context.state`` (for a
-        checkpoint; the informed eavesdropper), by partition id."""
-        nodes = self.get_node_ids() if partitions is None else [self.node[pid] for pid in partitions]
+        """Every set-up node's (or the given partitions') persistent ``Context.state`` (for a
+        checkpoint; the informed eavesdropper), by partition id. Nodes never addressed have
+        an empty state and are not asked."""
+        if partitions is None:
+            nodes = [nid for nid in self.get_node_ids() if nid in self.ready or self._scenario_json is None]
+        else:
+            nodes = [self.node[pid] for pid in partitions]
         msgs = [Message(RecordDict(), nid, f"{MessageType.QUERY}.checkpoint") for nid in nodes]
         return {self.partition_of(r): r.content for r in self._exchange(msgs, self.timeout, "checkpoint")}
 
