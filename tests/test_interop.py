@@ -36,8 +36,8 @@ def drive(client_app: ClientApp, num_nodes: int, seed: int, main, run_config=Non
     """Run a plain Flower ServerApp whose ``main(grid, context)`` is given, on fedsim's
     in-process grid (a Flower ``Grid``: push/pull/send_and_receive, nothing else)."""
     grid = InProcessGrid(client_app, num_nodes, seed)
-    for context in grid.contexts.values():
-        context.run_config = dict(run_config or {})
+    for node_id in grid.get_node_ids():
+        grid.context(node_id).run_config = dict(run_config or {})
     app = ServerApp()
     app.main()(main)
     app(grid, Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}))

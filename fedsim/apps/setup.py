@@ -82,5 +82,6 @@ def connect_nodes(grid: Grid, scenario: Scenario | str | Path | dict, wait_s: fl
     if not isinstance(scenario, Scenario):
         scenario = load(scenario)
     setup = prepare(scenario)
-    Fleet(grid, scenario.num_clients).connect(json.dumps(scenario.to_dict(), sort_keys=True), setup.partitions, wait_s)
+    Fleet(grid, scenario.num_clients).connect(json.dumps(scenario.to_dict(), sort_keys=True), setup.partitions, wait_s,
+                                             lazy=False)
     return setup

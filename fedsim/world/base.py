@@ -113,7 +113,8 @@ class Fleet(GridWrapper):
         self._setup_s: float | None = None
         self._node_ids: list[int] | None = None
 
-    def connect(self, scenario_json: str, partitions: list[np.ndarray], wait_s: float = 300.0) -> None:
+    def connect(self, scenario_json: str, partitions: list[np.ndarray], wait_s: float = 300.0,
+                lazy: bool = True) -> None:
         """Learn which node holds which partition; set the nodes up with the scenario and
         their example indices.
 
@@ -122,7 +123,8 @@ class Fleet(GridWrapper):
         start-up costs O(1) messages and each round O(cohort), whatever ``num_clients``.
         Otherwise (SuperNodes, Ray) every node says which partition it holds (``hello``)
         and all are set up here, so that a missing node stops the run at once. ``wait_s``
-        bounds the wait for the nodes and each of the set-up exchanges."""
+        bounds the wait for the nodes and each of the set-up exchanges. ``lazy=False`` sets every
+        node up here in any case (for ServerApps that then talk to the grid directly)."""
         known = getattr(self.inner, "partition_ids", None)
         if known is not None:
             self.partition = dict(known())
@@ -130,6 +132,8 @@ class Fleet(GridWrapper):
             self._check_partitions()
             self._node_ids = [self.node[pid] for pid in range(self.num_clients)]
             self._scenario_json, self._partitions, self._setup_s = scenario_json, partitions, wait_s
+            if not lazy:
+                self._set_up(self._node_ids)
             return
         deadline = time.monotonic() + wait_s
         while len(nodes := sorted(self.inner.get_node_ids())) < self.num_clients:
