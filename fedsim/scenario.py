@@ -73,6 +73,8 @@ class ClientResources(_Strict):
 class InProcessRuntime(_Strict):
     name: Literal["inprocess"] = "inprocess"
     threads: int = Field(1, ge=1, description="torch intra-op threads while the run lasts")
+    batched: bool = Field(False, description="train each round's cohort as stacked chunks (torch.func.vmap)")
+    batch_clients: int = Field(256, ge=1, description="clients per stacked chunk when batched")
 
 
 class RayRuntime(_Strict):
@@ -355,6 +357,7 @@ def validate(data: dict, source: str = "<scenario>", lines: dict | None = None) 
             errors += [{**e, "loc": (field, *e["loc"])} for e in exc.errors()]
     errors += _decentralized_only(scenario, data)
     errors += _defense_fits(scenario, data)
+    errors += _batched_fits(scenario, data)
     if errors:
         raise _fail(errors, source, lines, data)
     return scenario
@@ -415,6 +418,36 @@ def _defense_fits(scenario: Scenario, data: dict) -> list[dict]:
         msg = f"defense '{scenario.defense.name}' wraps the strategies {', '.join(fits)}, not '{scenario.strategy.name}'"
         errors.append({"loc": ("defense", "name"), "type": "value_error", "msg": msg, "input": scenario.defense.name})
     return errors
+
+
+def _batched_fits(scenario: Scenario, data: dict) -> list[dict]:
+    """``runtime.batched`` needs a strategy whose client step is local SGD with per-client
+    terms (registered with a ``batched`` handler), a defense that declares its client mod
+    batchable, no dropout (its masks come from each client's global RNG stream) and no
+    canary audit (canary clients upload instead of training)."""
+    if not getattr(scenario.runtime, "batched", False):
+        return []
+    where, found = ("runtime", "batched"), True
+    reasons = []
+    try:
+        strategy = registry.get("strategy", scenario.strategy.name)
+        if "batched" not in strategy.extras:
+            able = [e.name for e in registry.entries()["strategy"] if "batched" in e.extras]
+            reasons.append(
+                f"strategy '{scenario.strategy.name}' has no batched client step (its client is not local SGD "
+                f"with per-client corrections); batchable strategies: {', '.join(able)}"
+            )
+    except KeyError:
+        pass  # reported above
+    if scenario.defense is not None and scenario.defense.name in registry.names("defense"):
+        if not registry.get("defense", scenario.defense.name).extras.get("batched"):
+            reasons.append(f"defense '{scenario.defense.name}' does not declare a batchable client mod")
+    if float(scenario.model.raw_params().get("dropout", 0) or 0) > 0:
+        reasons.append("the model has dropout: its masks come from each client's seeded global RNG, "
+                       "which vmap cannot replay")
+    if scenario.audit is not None:
+        reasons.append("a canary audit replaces some clients' training by uploads; run it unbatched")
+    return [{"loc": where, "type": "value_error", "msg": f"cannot batch: {r}", "input": found} for r in reasons]
 
 
 def load(

@@ -76,7 +76,7 @@ class InProcessGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         ids = []
         for msg in messages:
-            msg_id = uuid4().hex
+            msg_id = msg.metadata.message_id or uuid4().hex  # a routing grid may have set it
             msg.metadata.__dict__["_message_id"] = msg_id
             context = self.contexts[msg.metadata.dst_node_id]
             try:
@@ -101,7 +101,11 @@ def run_inprocess(server_app: ServerApp, client_app: ClientApp, scenario: Scenar
     Small models train many times faster single-threaded (thread hand-off dominates their
     tiny kernels), so the default is 1; the previous setting is restored afterwards.
     """
-    grid = InProcessGrid(client_app, scenario.num_clients, scenario.seed)
+    serve(server_app, InProcessGrid(client_app, scenario.num_clients, scenario.seed), scenario)
+
+
+def serve(server_app: ServerApp, grid: Grid, scenario: Scenario) -> None:
+    """Run ``server_app`` on ``grid`` with ``runtime.threads`` torch threads."""
     context = Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={})
     threads = torch.get_num_threads()
     torch.set_num_threads(scenario.runtime.threads)
