@@ -55,12 +55,18 @@ def refusal(model: nn.Module) -> str | None:
 
 @dataclass
 class Schedule:
-    """Minibatches of a chunk: ``rows`` (T, K, B) into the chunk's stacked data, ``weight``
-    (T, K, B) 1 for real rows and 0 for padding, ``steps`` (K,) each client's own count."""
+    """The minibatches of a chunk, gathered once: ``x``, ``y`` (K, T, B, ...) each client's
+    examples step by step, ``weight`` (K, T, B) 1 for real rows and 0 for padding,
+    ``steps`` (K,) each client's own number of steps."""
 
-    rows: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
     weight: torch.Tensor
     steps: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return self.x.shape[1]
 
 
 @dataclass
@@ -88,10 +94,6 @@ class Cohort:
         starts = [decoded[id(c["arrays"])] for c in contents]
         self.start: Params = {n: torch.stack([s[n] for s in starts]) for n in self.names}
         self.rounds = [int(c["config"]["server-round"]) for c in contents]
-        sizes = torch.tensor([len(env.x) for env in envs])
-        self.offsets = torch.cumsum(sizes, 0) - sizes
-        self.x = torch.cat([env.x for env in envs])
-        self.y = torch.cat([env.y for env in envs])
         self._vgrad = vmap(grad_and_value(self._loss))
 
     def __len__(self) -> int:
@@ -107,13 +109,17 @@ class Cohort:
         ]
         t_max = max((len(s) for s in streams), default=0)
         width = max((len(idx) for s in streams for idx in s), default=0)
-        rows = torch.zeros((t_max, len(self), width), dtype=torch.long)
-        weight = torch.zeros((t_max, len(self), width), dtype=self.x.dtype if self.x.is_floating_point() else torch.float32)
+        rows = torch.zeros((len(self), t_max, width), dtype=torch.long)
+        weight = torch.zeros((len(self), t_max, width))
         for k, stream in enumerate(streams):
             for t, idx in enumerate(stream):
-                rows[t, k, : len(idx)] = idx + self.offsets[k]
-                weight[t, k, : len(idx)] = 1.0
-        return Schedule(rows, weight, torch.tensor([len(s) for s in streams]))
+                rows[k, t, : len(idx)] = idx
+                weight[k, t, : len(idx)] = 1.0
+        # gather only the rows the steps use (padding repeats row 0), client by client
+        x = torch.stack([_rows(env.x, r) for env, r in zip(self.envs, rows, strict=True)])
+        y = torch.stack([_rows(env.y, r) for env, r in zip(self.envs, rows, strict=True)])
+        return Schedule(x, y, weight.to(x.dtype if x.is_floating_point() else weight.dtype),
+                        torch.tensor([len(s) for s in streams]))
 
     def _loss(self, params: Params, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         per_example = task_loss(functional_call(self.model, params, (x,)), y, reduction="none")
@@ -121,8 +127,7 @@ class Cohort:
 
     def gradient(self, sched: Schedule, t: int) -> Gradient:
         """∇ of every client's step-``t`` minibatch loss, as a function of stacked params."""
-        rows = sched.rows[t]
-        x, y, w = self.x[rows], self.y[rows], sched.weight[t]
+        x, y, w = sched.x[:, t], sched.y[:, t], sched.weight[:, t]
         return lambda params: self._vgrad(params, x, y, w)
 
     # --------------------------------------------------------------------- local descent
@@ -148,7 +153,7 @@ class Cohort:
         momentum_buffer: Params | None = None
         total = torch.zeros(len(self), dtype=torch.float64)
         with torch.no_grad():
-            for t in range(sched.rows.shape[0]):
+            for t in range(sched.length):
                 active = sched.steps > t
                 grads, loss = (direction or _plain)(self.gradient(sched, t), params)
                 if correction is not None:
@@ -209,6 +214,13 @@ class Cohort:
             self.load(k, params)
             out.append(env.reply(float(losses[k])))
         return out
+
+
+def _rows(data: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``data[rows]`` for (T, B) rows; zeros for a client without examples."""
+    if len(data) == 0:
+        return data.new_zeros((*rows.shape, *data.shape[1:]))
+    return data[rows.reshape(-1)].reshape(*rows.shape, *data.shape[1:])
 
 
 def _expand(per_client: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

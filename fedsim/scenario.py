@@ -81,6 +81,10 @@ class RayRuntime(_Strict):
     name: Literal["ray"]
     address: str | None = None
     client_resources: ClientResources = ClientResources()
+    engine: Literal["actors", "flower"] = Field(
+        "actors", description="actors: fedsim's workers, a chunk of the cohort per call; flower: run_simulation"
+    )
+    workers: int | None = Field(None, ge=1, description="worker actors (default: as many as client_resources fit)")
 
 
 def split_address(address: str) -> tuple[str, int]:

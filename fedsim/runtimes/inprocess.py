@@ -33,32 +33,17 @@ def _set_task_identity(run_id: int) -> None:
     TaskIdentity.node_id = SUPERLINK_NODE_ID
 
 
-class InProcessGrid(Grid):
-    """A Flower ``Grid`` that runs the ClientApp synchronously in the calling process.
+class SimulatedGrid(Grid):
+    """What every simulated grid of a run shares: the seeded run id and node ids (node i
+    holds partition i; every grid built for the run, and each Ray worker's, agrees on
+    them) and Flower's message plumbing. Subclasses deliver the messages."""
 
-    Node ids come from a seeded RNG; node i holds partition i and keeps one ``Context``
-    for the whole run (``Context.state`` persists across rounds, as on a SuperNode).
-    A ClientApp that raises produces an error reply; the run goes on.
-    """
-
-    def __init__(self, client_app: ClientApp, num_nodes: int, seed: int = 0):
+    def __init__(self, num_nodes: int, seed: int = 0):
         rng = np.random.default_rng([seed, 0x6E6F6465])
         ids = rng.choice(2**62, size=num_nodes, replace=False) + 2  # 0, 1 are reserved
-        self.client_app = client_app
         self._run = Run.create_empty(int(rng.integers(1, 2**62)))
         _set_task_identity(self._run.run_id)
         self._node_ids = [int(i) for i in ids]
-        self.contexts = {
-            nid: Context(
-                run_id=self._run.run_id,
-                node_id=nid,
-                node_config={"partition-id": i, "num-partitions": num_nodes},
-                state=RecordDict(),
-                run_config={},
-            )
-            for i, nid in enumerate(self._node_ids)
-        }
-        self._replies: dict[str, Message] = {}
 
     @property
     def run(self) -> Run:
@@ -72,6 +57,33 @@ class InProcessGrid(Grid):
 
     def get_node_ids(self) -> list[int]:
         return list(self._node_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+
+class InProcessGrid(SimulatedGrid):
+    """A Flower ``Grid`` that runs the ClientApp synchronously in the calling process.
+
+    Node ids come from a seeded RNG; node i holds partition i and keeps one ``Context``
+    for the whole run (``Context.state`` persists across rounds, as on a SuperNode).
+    A ClientApp that raises produces an error reply; the run goes on.
+    """
+
+    def __init__(self, client_app: ClientApp, num_nodes: int, seed: int = 0):
+        super().__init__(num_nodes, seed)
+        self.client_app = client_app
+        self.contexts = {
+            nid: Context(
+                run_id=self._run.run_id,
+                node_id=nid,
+                node_config={"partition-id": i, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+            for i, nid in enumerate(self._node_ids)
+        }
+        self._replies: dict[str, Message] = {}
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         ids = []
@@ -91,9 +103,6 @@ class InProcessGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
         return [self._replies.pop(i) for i in message_ids if i in self._replies]
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        return self.pull_messages(self.push_messages(messages))
-
 
 def run_inprocess(server_app: ServerApp, client_app: ClientApp, scenario: Scenario) -> None:
     """Run server and clients in this process with ``runtime.threads`` torch threads.
@@ -108,7 +117,7 @@ def serve(server_app: ServerApp, grid: Grid, scenario: Scenario) -> None:
     """Run ``server_app`` on ``grid`` with ``runtime.threads`` torch threads."""
     context = Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={})
     threads = torch.get_num_threads()
-    torch.set_num_threads(scenario.runtime.threads)
+    torch.set_num_threads(getattr(scenario.runtime, "threads", 1))  # ray: the driver's thread
     try:
         server_app(grid, context)
     finally:
