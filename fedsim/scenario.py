@@ -431,7 +431,6 @@ def _batched_fits(scenario: Scenario, data: dict) -> list[dict]:
     canary audit (canary clients upload instead of training)."""
     if not getattr(scenario.runtime, "batched", False):
         return []
-    where, found = ("runtime", "batched"), True
     reasons = []
     try:
         strategy = registry.get("strategy", scenario.strategy.name)
@@ -451,7 +450,8 @@ def _batched_fits(scenario: Scenario, data: dict) -> list[dict]:
                        "which vmap cannot replay")
     if scenario.audit is not None:
         reasons.append("a canary audit replaces some clients' training by uploads; run it unbatched")
-    return [{"loc": where, "type": "value_error", "msg": f"cannot batch: {r}", "input": found} for r in reasons]
+    return [{"loc": ("runtime", "batched"), "type": "value_error", "msg": f"cannot batch: {r}", "input": True}
+            for r in reasons]
 
 
 def load(
