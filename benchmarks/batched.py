@@ -120,16 +120,33 @@ def render_ray(record: dict) -> str:
         f"`benchmarks/runtime_overhead.py` ({s['cpus']} cores): median s/round of rounds 2..{s['rounds']}, "
         f"{s['repeats']} interleaved repeats (commit {record['commit'][:8]}).",
         "",
-        "| setting | inprocess s/round | ray s/round | ray/inprocess (median of paired) | target | 1-min load |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| setting | inprocess s/round | ray s/round | ray/inprocess (median of paired) | target | 1-min load "
+        "| 2-process probe |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in record["tables"]["ray_vs_inprocess"]:
         lines.append(
             f"| {r['workload']}, {r['clients']} clients | {_median(r['inprocess_s_per_round']):.3f} "
             f"| {_median(r['ray_s_per_round']):.3f} | {r['median_ratio']:.2f}x | <= {s['target_ratio']}x "
-            f"| {min(r['load_avg_1min']):.1f}-{max(r['load_avg_1min']):.1f} |"
+            f"| {min(r['load_avg_1min']):.1f}-{max(r['load_avg_1min']):.1f} "
+            f"| {_probe(r)} |"
         )
+    lines += ["", "2-process probe: wall time of two processes doing n units of pure-Python work at once over "
+              "one process doing 2n, measured before each pair (0.50: two free cores; 1.00: no parallelism "
+              "available to this session); median over the repeats."]
+    loads = [x for r in record["tables"]["ray_vs_inprocess"] for x in r["load_avg_1min"]]
+    if min(loads) > s["cpus"]:
+        lines += ["", f"The machine was oversubscribed throughout (1-minute load {min(loads):.1f} to {max(loads):.1f} "
+                  f"on {s['cpus']} cores, other sessions' work)"
+                  + ("; with Linux's per-session fair share (`sched_autogroup_enabled` = 1) this session then "
+                     "gets the same CPU time with one process or with two workers, so the ratio measures the "
+                     "scheduler, not the runtime" if s.get("sched_autogroup") else "") + "."]
     return "\n".join(lines)
+
+
+def _probe(row: dict) -> str:
+    values = row.get("two_process_probe")
+    return f"{_median(values):.2f}" if values else "not measured"
 
 
 def render() -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
 import statistics
 import sys
@@ -52,6 +53,48 @@ def timed(clients: int, rounds: int, runtime: dict) -> tuple[float, float]:
     return statistics.median(res.metrics["seconds"].tolist()[1:]), float(res.metrics["test_acc"].iloc[-1])
 
 
+def _spin(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def _spin_when(start, n: int) -> None:
+    start.wait()
+    _spin(n)
+
+
+def parallel_probe(n: int = 2_000_000) -> float:
+    """What two processes buy on this machine right now: wall time of two processes doing
+    n units of pure-Python work each, at once, over one process doing 2n units (0.5: two
+    free cores; 1.0: no parallelism available to this session)."""
+    ctx = multiprocessing.get_context("fork")
+    t0 = time.perf_counter()
+    _spin(2 * n)
+    serial = time.perf_counter() - t0
+    start = ctx.Event()
+    procs = [ctx.Process(target=_spin_when, args=(start, n)) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    time.sleep(0.2)  # both started and waiting
+    t0 = time.perf_counter()
+    start.set()
+    for proc in procs:
+        proc.join()
+    return (time.perf_counter() - t0) / serial
+
+
+def autogroup() -> bool | None:
+    """Linux's per-session CPU fair share (``kernel.sched_autogroup_enabled``): when it is on
+    and other sessions keep the cores busy, this session gets the same share of CPU time
+    whether it runs one process or three, so extra workers cannot lower its wall time."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, nargs="+", default=[20, 100])
@@ -68,9 +111,10 @@ def main() -> None:
     rows = []
     try:
         for clients in args.clients:
-            inproc, on_ray, ratios, load = [], [], [], []
+            inproc, on_ray, ratios, load, probe = [], [], [], [], []
             for _ in range(args.repeats):
                 load.append(os.getloadavg()[0])
+                probe.append(parallel_probe())
                 a, acc_a = timed(clients, args.rounds, {"name": "inprocess"})
                 b, acc_b = timed(clients, args.rounds, ray_runtime)
                 if acc_a != acc_b:
@@ -80,16 +124,18 @@ def main() -> None:
                 ratios.append(b / a)
             row = {"workload": "cnn", "clients": clients, "inprocess_s_per_round": inproc, "ray_s_per_round": on_ray,
                    "ratio_ray_to_inprocess": ratios, "median_ratio": statistics.median(ratios),
-                   "meets_target": statistics.median(ratios) <= TARGET, "final_acc": acc_a, "load_avg_1min": load}
+                   "meets_target": statistics.median(ratios) <= TARGET, "final_acc": acc_a, "load_avg_1min": load,
+                   "two_process_probe": probe}
             rows.append(row)
             print(f"cnn {clients}: inprocess {statistics.median(inproc):.3f} s, ray {statistics.median(on_ray):.3f} s, "
-                  f"ratio {row['median_ratio']:.2f} (load {min(load):.1f}-{max(load):.1f})", flush=True)
+                  f"ratio {row['median_ratio']:.2f} (load {min(load):.1f}-{max(load):.1f}, probe {statistics.median(probe):.2f})",
+                  flush=True)
     finally:
         ray.shutdown()
     settings = {"workload": flower_app.WORKLOADS["cnn"], "dataset": "digits", "partition": "iid",
                 "strategy": "fedavg, fraction_train 1.0", "rounds": args.rounds, "repeats": args.repeats,
                 "workers": args.workers, "worker_cpus": 1, "inprocess_threads": 1, "cpus": os.cpu_count(),
-                "target_ratio": TARGET}
+                "target_ratio": TARGET, "sched_autogroup": autogroup()}
     path = reporting.write("ray_parallel", settings=settings, seeds=[0], tables={"ray_vs_inprocess": rows},
                            started=started)
     print(f"wrote {path}")
