@@ -92,45 +92,50 @@ def _median(values) -> float:
     return statistics.median(values)
 
 
+def _load(row: dict) -> str:
+    return f"{min(row['load_avg_1min']):.1f}-{max(row['load_avg_1min']):.1f}"
+
+
+def markdown(caption: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    """A caption and a Markdown table, first column left-aligned, the others right-aligned."""
+    return [caption, "", "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
 def render_batched(record: dict) -> str:
     s = record["settings"]
-    lines = [
+    caption = (
         f"Batched vs sequential on CPU ({s['cpus']} cores, {s['torch_threads']} torch thread): Fashion-MNIST, "
         f"{s['client']['steps']} local steps of batch {s['client']['batch_size']} per client, median s/round of "
-        f"rounds 2..{s['rounds']}, {s['repeats']} interleaved repeats (commit {record['commit'][:8]}).",
-        "",
-        "| model | clients/round | sequential s/round | batched s/round | batched/sequential (median of paired) "
-        "| final acc seq / batched | 1-min load |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"rounds 2..{s['rounds']}, {s['repeats']} interleaved repeats (commit {record['commit'][:8]})."
+    )
+    header = ["model", "clients/round", "sequential s/round", "batched s/round",
+              "batched/sequential (median of paired)", "final acc seq / batched", "1-min load"]
+    rows = [
+        [r["model"], f"{r['clients_per_round']:,}", f"{_median(r['sequential_s_per_round']):.3f}",
+         f"{_median(r['batched_s_per_round']):.3f}", f"{r['median_ratio']:.2f}x",
+         f"{r['final_acc_sequential']:.4f} / {r['final_acc_batched']:.4f}", _load(r)]
+        for r in record["tables"]["batched_vs_sequential"]
     ]
-    for r in record["tables"]["batched_vs_sequential"]:
-        lines.append(
-            f"| {r['model']} | {r['clients_per_round']:,} | {_median(r['sequential_s_per_round']):.3f} "
-            f"| {_median(r['batched_s_per_round']):.3f} | {r['median_ratio']:.2f}x "
-            f"| {r['final_acc_sequential']:.4f} / {r['final_acc_batched']:.4f} "
-            f"| {min(r['load_avg_1min']):.1f}-{max(r['load_avg_1min']):.1f} |"
-        )
-    return "\n".join(lines)
+    return "\n".join(markdown(caption, header, rows))
 
 
 def render_ray(record: dict) -> str:
     s = record["settings"]
-    lines = [
+    caption = (
         f"`ray` ({s['workers']} worker actors, 1 CPU each) vs `inprocess` (1 thread) on the CNN settings of "
         f"`benchmarks/runtime_overhead.py` ({s['cpus']} cores): median s/round of rounds 2..{s['rounds']}, "
-        f"{s['repeats']} interleaved repeats (commit {record['commit'][:8]}).",
-        "",
-        "| setting | inprocess s/round | ray s/round | ray/inprocess (median of paired) | target | 1-min load "
-        "| 2-process probe |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"{s['repeats']} interleaved repeats (commit {record['commit'][:8]})."
+    )
+    header = ["setting", "inprocess s/round", "ray s/round", "ray/inprocess (median of paired)", "target",
+              "1-min load", "2-process probe"]
+    rows = [
+        [f"{r['workload']}, {r['clients']} clients", f"{_median(r['inprocess_s_per_round']):.3f}",
+         f"{_median(r['ray_s_per_round']):.3f}", f"{r['median_ratio']:.2f}x", f"<= {s['target_ratio']}x",
+         _load(r), _probe(r)]
+        for r in record["tables"]["ray_vs_inprocess"]
     ]
-    for r in record["tables"]["ray_vs_inprocess"]:
-        lines.append(
-            f"| {r['workload']}, {r['clients']} clients | {_median(r['inprocess_s_per_round']):.3f} "
-            f"| {_median(r['ray_s_per_round']):.3f} | {r['median_ratio']:.2f}x | <= {s['target_ratio']}x "
-            f"| {min(r['load_avg_1min']):.1f}-{max(r['load_avg_1min']):.1f} "
-            f"| {_probe(r)} |"
-        )
+    lines = markdown(caption, header, rows)
     lines += ["", "2-process probe: wall time of two processes doing n units of pure-Python work at once over "
               "one process doing 2n, measured before each pair (0.50: two free cores; 1.00: no parallelism "
               "available to this session); median over the repeats."]
@@ -139,8 +144,8 @@ def render_ray(record: dict) -> str:
         lines += ["", f"The machine was oversubscribed throughout (1-minute load {min(loads):.1f} to {max(loads):.1f} "
                   f"on {s['cpus']} cores, other sessions' work)"
                   + ("; with Linux's per-session fair share (`sched_autogroup_enabled` = 1) this session then "
-                     "gets the same CPU time with one process or with two workers, so the ratio measures the "
-                     "scheduler, not the runtime" if s.get("sched_autogroup") else "") + "."]
+                     "gets about the same CPU time with one process as with two workers, so the ratio measures "
+                     "the scheduler more than the runtime" if s.get("sched_autogroup") else "") + "."]
     return "\n".join(lines)
 
 
