@@ -184,7 +184,7 @@ class DPFedAvg(Checkpointable):
         )
 
 
-@register("defense", "dp", params=DPParams, client_mod=dp_mod, strategies=("fedavg", "fedprox"))
+@register("defense", "dp", params=DPParams, client_mod=dp_mod, strategies=("fedavg", "fedprox"), batched=True)
 def dp(params: DPParams, strategy, setup) -> DPFedAvg:
     """DP-FedAvg: clipped updates, Gaussian noise, client-level (ε, δ) accounting."""
     return DPFedAvg(strategy, params, setup)

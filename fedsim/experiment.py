@@ -8,6 +8,7 @@ from pathlib import Path
 from fedsim.apps import client
 from fedsim.apps.server import RunResult, execute
 from fedsim.runtimes.deployment import submit
+from fedsim.runtimes.batched import run_batched
 from fedsim.runtimes.inprocess import run_inprocess
 from fedsim.runtimes.ray import run_ray
 from fedsim.scenario import DeploymentRuntime, Scenario, load
@@ -22,7 +23,7 @@ def run_scenario(scenario: Scenario, resume_dir: Path | None = None) -> RunResul
         if resume_dir is not None:
             raise ValueError("resuming a deployment run is not supported; resume it on inprocess or ray")
         return submit(scenario)
-    runtime = RUNTIMES[scenario.runtime.name]
+    runtime = run_batched if getattr(scenario.runtime, "batched", False) else RUNTIMES[scenario.runtime.name]
     return execute(scenario, lambda server_app: runtime(server_app, client.app, scenario),
                    run_dir=resume_dir, resume=resume_dir is not None)
 

@@ -111,6 +111,8 @@ class InProcessRuntime(_Device):
 
     name: Literal["inprocess"] = "inprocess"
     threads: int = Field(1, ge=1, description="torch intra-op threads while the run lasts")
+    batched: bool = Field(False, description="train each round's cohort as stacked chunks (torch.func.vmap)")
+    batch_clients: int = Field(256, ge=1, description="clients per stacked chunk when batched")
 
 
 class RayRuntime(_Device):
@@ -120,6 +122,10 @@ class RayRuntime(_Device):
     name: Literal["ray"]
     address: str | None = Field(None, description='a running Ray cluster ("auto" or HOST:PORT); null: a local Ray instance')
     client_resources: ClientResources = ClientResources()
+    engine: Literal["actors", "flower"] = Field(
+        "actors", description="actors: fedsim's workers, a chunk of the cohort per call; flower: run_simulation"
+    )
+    workers: int | None = Field(None, ge=1, description="worker actors (default: as many as client_resources fit)")
 
     @model_validator(mode="after")
     def _gpu_actors(self) -> RayRuntime:
@@ -511,6 +517,7 @@ def validate(data: dict, source: str = "<scenario>", lines: dict | None = None,
         errors += _data_fits(scenario)
         errors += asynchronous_errors(scenario, data)
         errors += _device_fits(scenario)
+        errors += _batched_fits(scenario, data)
     if errors:
         raise _fail(errors, source, lines, data, origins)
     assert scenario is not None
@@ -662,6 +669,36 @@ def _defense_fits(scenario: Scenario, data: dict) -> list[dict]:
         msg = f"defense '{scenario.defense.name}' wraps the strategies {', '.join(fits)}, not '{scenario.strategy.name}'"
         errors.append({"loc": ("defense", "name"), "type": "value_error", "msg": msg, "input": scenario.defense.name})
     return errors
+
+
+def _batched_fits(scenario: Scenario, data: dict) -> list[dict]:
+    """``runtime.batched`` needs a strategy whose client step is local SGD with per-client
+    terms (registered with a ``batched`` handler), a defense that declares its client mod
+    batchable, no dropout (its masks come from each client's global RNG stream) and no
+    canary audit (canary clients upload instead of training)."""
+    if not getattr(scenario.runtime, "batched", False):
+        return []
+    reasons = []
+    try:
+        strategy = registry.get("strategy", scenario.strategy.name)
+        if "batched" not in strategy.extras:
+            able = [e.name for e in registry.entries()["strategy"] if "batched" in e.extras]
+            reasons.append(
+                f"strategy '{scenario.strategy.name}' has no batched client step (its client is not local SGD "
+                f"with per-client corrections); batchable strategies: {', '.join(able)}"
+            )
+    except KeyError:
+        pass  # reported above
+    if scenario.defense is not None and scenario.defense.name in registry.names("defense"):
+        if not registry.get("defense", scenario.defense.name).extras.get("batched"):
+            reasons.append(f"defense '{scenario.defense.name}' does not declare a batchable client mod")
+    if float(scenario.model.raw_params().get("dropout", 0) or 0) > 0:
+        reasons.append("the model has dropout: its masks come from each client's seeded global RNG, "
+                       "which vmap cannot replay")
+    if scenario.audit is not None:
+        reasons.append("a canary audit replaces some clients' training by uploads; run it unbatched")
+    return [{"loc": ("runtime", "batched"), "type": "value_error", "msg": f"cannot batch: {r}", "input": True}
+            for r in reasons]
 
 
 def load(

@@ -33,6 +33,7 @@ import numpy as np
 from pydantic import Field
 
 from fedsim.apps.client import fedavg_train
+from fedsim.batched import fedavg_batched
 from fedsim.registry import register
 from fedsim.strategies.deltas import UpdateAggregation, UpdateParams
 
@@ -118,7 +119,7 @@ class FedAU(UpdateAggregation):
         }
 
 
-@register("strategy", "fedau", params=FedAUParams, client=fedavg_train, canary="bypass")
+@register("strategy", "fedau", params=FedAUParams, client=fedavg_train, batched=fedavg_batched, canary="bypass")
 def fedau(params: FedAUParams, setup) -> FedAU:
     """FedAU: weights from online participation-interval estimates, divided by N (Wang & Ji 2024)."""
     return FedAU(setup.scenario.num_clients, params.global_lr, setup.scenario.seed, params.cutoff, params.fraction_evaluate)

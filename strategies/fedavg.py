@@ -10,6 +10,7 @@ from flwr.serverapp import strategy as flwr_strategy
 from pydantic import Field
 
 from fedsim.apps.client import fedavg_train
+from fedsim.batched import fedavg_batched
 from fedsim.records import weighted_mean
 from fedsim.registry import Params, register
 from fedsim.sampling import SeededSampling
@@ -51,7 +52,7 @@ def sampling_kwargs(params: FedAvgParams, setup) -> dict:
     }
 
 
-@register("strategy", "fedavg", params=FedAvgParams, client=fedavg_train, canary="bypass")
+@register("strategy", "fedavg", params=FedAvgParams, client=fedavg_train, batched=fedavg_batched, canary="bypass")
 def fedavg(params: FedAvgParams, setup) -> FedAvg:
     """FedAvg: example-weighted average of client models (McMahan et al. 2017)."""
     return FedAvg(**sampling_kwargs(params, setup))

@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import Field
 
 from fedsim.apps.client import fedavg_train
+from fedsim.batched import fedavg_batched
 from fedsim.registry import register
 from fedsim.strategies.deltas import UpdateAggregation, UpdateParams
 
@@ -47,7 +48,7 @@ class FedAvgUpdates(UpdateAggregation):
         return average_updates(deltas, self.num_clients, self.normalize), {}
 
 
-@register("strategy", "fedavg_updates", params=FedAvgUpdatesParams, client=fedavg_train)
+@register("strategy", "fedavg_updates", params=FedAvgUpdatesParams, client=fedavg_train, batched=fedavg_batched)
 def fedavg_updates(params: FedAvgUpdatesParams, setup) -> FedAvgUpdates:
     """FedAvg on updates with global lr η, averaged over participants or over all N clients."""
     sc = setup.scenario

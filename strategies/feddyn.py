@@ -30,6 +30,7 @@ from flwr.app import ArrayRecord, RecordDict
 from pydantic import Field
 
 from fedsim.apps.client import ClientEnv
+from fedsim.batched import Cohort, Correction
 from fedsim.registry import register
 from fedsim.state import Checkpointable
 from fedsim.strategies.fedavg import FedAvg, FedAvgParams, sampling_kwargs
@@ -84,6 +85,21 @@ def feddyn_train(content: RecordDict, env: ClientEnv) -> RecordDict:
     return env.reply(loss, **state_metrics(size, dual))
 
 
+def feddyn_batched(cohort: Cohort) -> list[RecordDict]:
+    """``feddyn_train`` for a cohort: gradients + α(w − x) − ∇_i, then each client's dual update."""
+    alpha = torch.tensor([float(c["config"]["alpha"]) for c in cohort.contents], dtype=torch.float64)
+    x = cohort.vector(cohort.start)
+    dual = torch.stack([load_state(env, STATE_KEY, x.shape[1]) for env in cohort.envs])
+    params, losses = cohort.local_sgd(correction=Correction(coef=alpha, anchor=x, offset=-dual))
+    y = cohort.vector(params)
+    out = []
+    for k, env in enumerate(cohort.envs):
+        size = save_state(env, STATE_KEY, client_dual_update(dual[k], y[k], x[k], float(alpha[k])))
+        cohort.load(k, params)
+        out.append(env.reply(float(losses[k]), **state_metrics(size, dual[k])))
+    return out
+
+
 class FedDyn(Checkpointable, FedAvg):
     """Seeded sampling from FedAvg; FedDyn's server state h and update."""
 
@@ -117,7 +133,7 @@ class FedDynParams(FedAvgParams):
     alpha: float = Field(0.01, gt=0, description="dynamic regularisation coefficient α")
 
 
-@register("strategy", "feddyn", params=FedDynParams, client=feddyn_train)
+@register("strategy", "feddyn", params=FedDynParams, client=feddyn_train, batched=feddyn_batched)
 def feddyn(params: FedDynParams, setup) -> FedDyn:
     """FedDyn: per-client linear dual and server state h (Acar et al. 2021)."""
     check_parameters_only(setup.model, "feddyn")

@@ -40,6 +40,7 @@ from flwr.serverapp import strategy as flwr_strategy
 from pydantic import Field
 
 from fedsim.apps.client import ClientEnv
+from fedsim.batched import Cohort
 from fedsim.records import num_examples, only_arrays, stack, unflatten
 from fedsim.registry import register
 from fedsim.sampling import SeededSampling
@@ -64,10 +65,28 @@ def upload_update(content: RecordDict, env: ClientEnv) -> RecordDict:
         start = {k: p.detach().clone() for k, p in params.items()}
         train_loss, _ = env.train(rnd)
         update = {k: start[k] - p.detach() for k, p in params.items()}
+    return _upload(update, train_loss, len(env.x))
+
+
+def upload_update_batched(cohort: Cohort) -> list[RecordDict]:
+    """``upload_update`` for a cohort: every client's minibatch gradient at w^t from one
+    stacked call, or w^t − y after the cohort's stacked local SGD."""
+    if str(cohort.contents[0]["config"]["client-update"]) == "gradient":
+        sched = cohort.schedule("minibatch", cohort.envs[0].scenario.client.batch_size, 1, 1)
+        update, losses = cohort.gradient(sched, 0)(cohort.start)
+    else:
+        params, losses = cohort.local_sgd()
+        update = {k: cohort.start[k] - p for k, p in params.items()}
+    return [
+        _upload({k: v[i] for k, v in update.items()}, float(losses[i]), len(env.x)) for i, env in enumerate(cohort.envs)
+    ]
+
+
+def _upload(update: dict[str, torch.Tensor], train_loss: float, num_examples: int) -> RecordDict:
     return RecordDict(
         {
             "arrays": ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in update.items()}),
-            "metrics": MetricRecord({"train_loss": train_loss, "num-examples": len(env.x)}),
+            "metrics": MetricRecord({"train_loss": train_loss, "num-examples": num_examples}),
         }
     )
 
@@ -162,7 +181,7 @@ class FedNGA(ServerDescent, SeededSampling, NormalizedAveraging):
     """Fed-NGA: w ← w − η_t Σ_m α_m g_m/‖g_m‖ on a (seed, round)-determined cohort (all by default)."""
 
 
-@register("strategy", "fednga", params=UpdatePathParams, client=upload_update, upload="update")
+@register("strategy", "fednga", params=UpdatePathParams, client=upload_update, batched=upload_update_batched, upload="update")
 def fednga(params: UpdatePathParams, setup) -> FedNGA:
     """Fed-NGA: data-weighted mean of normalized client gradients (Zuo et al. 2025)."""
     return FedNGA(path=params, **sampling_kwargs(params, setup))

@@ -7,11 +7,13 @@ handler here adds the term. Server: as FedAvg.
 
 from __future__ import annotations
 
+import torch
 from flwr.app import RecordDict
 from flwr.serverapp import strategy as flwr_strategy
 from pydantic import Field
 
 from fedsim.apps.client import ClientEnv
+from fedsim.batched import Cohort, Correction
 from fedsim.registry import register
 from fedsim.sampling import SeededSampling
 from fedsim.strategies.fedavg import ExampleWeightedMean, FedAvgParams, sampling_kwargs
@@ -40,7 +42,14 @@ def fedprox_train(content: RecordDict, env: ClientEnv) -> RecordDict:
     return env.reply(loss)
 
 
-@register("strategy", "fedprox", params=FedProxParams, client=fedprox_train, canary="bypass")
+def fedprox_batched(cohort: Cohort) -> list[RecordDict]:
+    """``fedprox_train`` for a cohort: μ·(w − x) added to every client's gradients."""
+    mu = torch.tensor([float(c["config"]["proximal-mu"]) for c in cohort.contents], dtype=torch.float64)
+    params, losses = cohort.local_sgd(correction=Correction(coef=mu, anchor=cohort.vector(cohort.start)))
+    return cohort.replies(params, losses)
+
+
+@register("strategy", "fedprox", params=FedProxParams, client=fedprox_train, batched=fedprox_batched, canary="bypass")
 def fedprox(params: FedProxParams, setup) -> FedProx:
     """FedProx: FedAvg with a proximal term μ/2‖w − x‖² in local training (Li et al. 2020)."""
     return FedProx(proximal_mu=params.mu, **sampling_kwargs(params, setup))

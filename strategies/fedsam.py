@@ -22,8 +22,11 @@ import torch
 from flwr.app import RecordDict
 from pydantic import Field
 from torch import nn
+from torch.func import vmap
 
 from fedsim.apps.client import ClientEnv
+from fedsim.batched import Cohort
+from fedsim.batched import Direction as StackedDirection
 from fedsim.registry import register
 from fedsim.strategies.fedavg import FedAvg, FedAvgParams, sampling_kwargs
 from fedsim.strategies.stateful import (
@@ -82,6 +85,21 @@ def sam_gradient(
     return loss
 
 
+def stacked_sam_direction(rho: float, alpha: float = 1.0, normalize: bool = True) -> StackedDirection:
+    """``sam_gradient`` for stacked clients (``fedsim.batched``): g1 at w, each client's
+    e = ``sam_perturbation``(g1), g2 at w + e on the same minibatch, lerp(g1, g2, α)."""
+    perturb = vmap(lambda grads: sam_perturbation(grads, rho, normalize))
+
+    def direction(gradient, params):
+        g1, loss = gradient(params)
+        names = list(g1)
+        e = perturb([g1[n] for n in names])
+        g2, _ = gradient({n: params[n] + e_n for n, e_n in zip(names, e, strict=True)})
+        return {n: torch.lerp(g1[n], g2[n], alpha) for n in names}, loss
+
+    return direction
+
+
 def sam_direction(rho: float, alpha: float = 1.0, normalize: bool = True) -> Direction:
     def direction(model, batch: Batch) -> float:
         return sam_gradient(model, batch, rho=rho, alpha=alpha, normalize=normalize)
@@ -104,6 +122,13 @@ def fedsam_train(content: RecordDict, env: ClientEnv) -> RecordDict:
     return env.reply(loss)
 
 
+def fedsam_batched(cohort: Cohort) -> list[RecordDict]:
+    """``fedsam_train`` for a cohort: local SAM steps, each client on its own minibatches."""
+    rho = float(cohort.contents[0]["config"]["rho"])  # the strategy's one ρ, sent to all
+    params, losses = cohort.local_sgd(direction=stacked_sam_direction(rho))
+    return cohort.replies(params, losses)
+
+
 class FedSAM(FedAvg):
     """FedAvg on the server; tells the clients the SAM radius."""
 
@@ -116,7 +141,7 @@ class FedSAM(FedAvg):
         return super().configure_train(server_round, arrays, config, grid)
 
 
-@register("strategy", "fedsam", params=FedSAMParams, client=fedsam_train)
+@register("strategy", "fedsam", params=FedSAMParams, client=fedsam_train, batched=fedsam_batched)
 def fedsam(params: FedSAMParams, setup) -> FedSAM:
     """FedSAM: local sharpness-aware minimisation, FedAvg aggregation (Qu et al. 2022)."""
     return FedSAM(rho=params.rho, **sampling_kwargs(params, setup))

@@ -58,10 +58,11 @@ from flwr.app import ArrayRecord, RecordDict
 from pydantic import Field
 
 from fedsim.apps.client import ClientEnv
+from fedsim.batched import Cohort, Correction
 from fedsim.registry import register
 from fedsim.state import Checkpointable
 from fedsim.strategies.fedavg import FedAvg, FedAvgParams, sampling_kwargs
-from fedsim.strategies.fedsam import sam_direction
+from fedsim.strategies.fedsam import sam_direction, stacked_sam_direction
 from fedsim.strategies.stateful import (
     StateReport,
     check_parameters_only,
@@ -163,6 +164,30 @@ def fedspeed_train(content: RecordDict, env: ClientEnv) -> RecordDict:
     return env.reply(loss, **state_metrics(size, h))
 
 
+def fedspeed_batched(cohort: Cohort) -> list[RecordDict]:
+    """``fedspeed_train`` for a cohort: each client's perturbed, prox-corrected steps with its own h_i."""
+    cfg = cohort.contents[0]["config"]  # the strategy's local settings, the same for all
+    x = cohort.vector(cohort.start)
+    h = torch.stack([load_state(env, STATE_KEY, x.shape[1]) for env in cohort.envs])
+    lamb = float(cfg["lamb"])
+    max_norm = float(cfg["max-grad-norm"])
+    params, losses = cohort.local_sgd(
+        direction=stacked_sam_direction(float(cfg["rho"]), float(cfg["alpha"]), bool(cfg["sam-normalize"])),
+        correction=Correction(coef=torch.full((len(cohort),), lamb, dtype=torch.float64), anchor=x, offset=lamb * h),
+        max_grad_norm=max_norm if max_norm > 0 else None,
+    )
+    x_local = cohort.vector(params)
+    out = []
+    for k, env in enumerate(cohort.envs):
+        h_new = client_state_update(h[k], x_local[k], x[k])
+        size = save_state(env, STATE_KEY, h_new)
+        model = cohort.load(k, params)
+        if cfg["variant"] == "paper":  # send x̂_i = x_{i,K} − λ ĝ_i
+            torch.nn.utils.vector_to_parameters(x_local[k] + h_new, trainable(model))
+        out.append(env.reply(float(losses[k]), **state_metrics(size, h[k])))
+    return out
+
+
 class FedSpeed(Checkpointable, FedAvg):
     """Seeded sampling from FedAvg; FedSpeed's server update (paper or code variant)."""
 
@@ -210,7 +235,7 @@ class FedSpeedParams(FedAvgParams):
     max_grad_norm: float | None = Field(None, gt=0, description="clip local gradients (variant default if unset)")
 
 
-@register("strategy", "fedspeed", params=FedSpeedParams, client=fedspeed_train)
+@register("strategy", "fedspeed", params=FedSpeedParams, client=fedspeed_train, batched=fedspeed_batched)
 def fedspeed(params: FedSpeedParams, setup) -> FedSpeed:
     """FedSpeed: prox-corrected, perturbed local steps (Sun et al., ICLR 2023)."""
     check_parameters_only(setup.model, "fedspeed")

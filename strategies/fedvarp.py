@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedsim.apps.client import fedavg_train
+from fedsim.batched import fedavg_batched
 from fedsim.registry import register
 from fedsim.strategies.deltas import UpdateParams
 from fedsim.strategies.mifa import MemoryAggregation, UpdateMemory, remember
@@ -37,7 +38,7 @@ class FedVarp(MemoryAggregation):
         return step, {}
 
 
-@register("strategy", "fedvarp", params=UpdateParams, client=fedavg_train)
+@register("strategy", "fedvarp", params=UpdateParams, client=fedavg_train, batched=fedavg_batched)
 def fedvarp(params: UpdateParams, setup) -> FedVarp:
     """FedVarp: participants' updates corrected by an N×d memory of latest updates (Jhunjhunwala et al. 2022)."""
     return FedVarp(setup.scenario.num_clients, params.global_lr, setup.scenario.seed, params.fraction_evaluate)

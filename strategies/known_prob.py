@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedsim.apps.client import fedavg_train
+from fedsim.batched import fedavg_batched
 from fedsim.world.participation import probabilities
 from fedsim.registry import register
 from fedsim.strategies.deltas import UpdateAggregation, UpdateParams
@@ -35,7 +36,7 @@ class KnownProb(UpdateAggregation):
         return (1.0 / self.state.probabilities[participants]) @ deltas / self.num_clients, {}
 
 
-@register("strategy", "known_prob", params=UpdateParams, client=fedavg_train)
+@register("strategy", "known_prob", params=UpdateParams, client=fedavg_train, batched=fedavg_batched)
 def known_prob(params: UpdateParams, setup) -> KnownProb:
     """Oracle baseline: updates divided by the true p_n, averaged over all N (FedAU, Sec. 5)."""
     return KnownProb(probabilities(setup), params.global_lr, setup.scenario.seed, params.fraction_evaluate)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedsim.apps.client import fedavg_train
+from fedsim.batched import fedavg_batched
 from fedsim.registry import register
 from fedsim.strategies.deltas import UpdateAggregation, UpdateParams
 
@@ -61,7 +62,7 @@ class MIFA(MemoryAggregation):
         return self.state.mean.copy(), {}
 
 
-@register("strategy", "mifa", params=UpdateParams, client=fedavg_train)
+@register("strategy", "mifa", params=UpdateParams, client=fedavg_train, batched=fedavg_batched)
 def mifa(params: UpdateParams, setup) -> MIFA:
     """MIFA: average of every client's latest update, kept in an N×d memory (Gu et al. 2021)."""
     return MIFA(setup.scenario.num_clients, params.global_lr, setup.scenario.seed, params.fraction_evaluate)

@@ -25,11 +25,11 @@ from pydantic import Field
 from fedsim.registry import register
 from fedsim.sampling import SeededSampling
 from fedsim.strategies.fedavg import sampling_kwargs
-from fedsim.strategies.fednga import ServerDescent, UpdatePathParams, VectorRule, upload_update
+from fedsim.strategies.fednga import ServerDescent, UpdatePathParams, VectorRule, upload_update, upload_update_batched
 
 
 def _register(name: str, params=UpdatePathParams):
-    return register("strategy", name, params=params, client=upload_update, upload="update")
+    return register("strategy", name, params=params, client=upload_update, batched=upload_update_batched, upload="update")
 
 
 # ------------------------------------------------------------------- Flower's own rules

@@ -33,6 +33,7 @@ from flwr.app import ArrayRecord, RecordDict
 from pydantic import Field
 
 from fedsim.apps.client import ClientEnv
+from fedsim.batched import Cohort, Correction
 from fedsim.registry import register
 from fedsim.state import Checkpointable
 from fedsim.strategies.fedavg import FedAvg, FedAvgParams, sampling_kwargs
@@ -97,6 +98,24 @@ def scaffold_train(content: RecordDict, env: ClientEnv) -> RecordDict:
     return reply(env, loss, {CONTROL_DELTA_KEY: vector_record(c_i_new - c_i)}, **state_metrics(size, c_i))
 
 
+def scaffold_batched(cohort: Cohort) -> list[RecordDict]:
+    """``scaffold_train`` for a cohort: each client descends with its own c − c_i."""
+    x = cohort.vector(cohort.start)
+    c = torch.stack([record_vector(content[CONTROL_KEY]) for content in cohort.contents])
+    c_i = torch.stack([load_state(env, STATE_KEY, x.shape[1]) for env in cohort.envs])
+    params, losses = cohort.local_sgd(correction=Correction(offset=c - c_i))
+    steps, y = cohort.steps, cohort.vector(params)
+    lr = cohort.envs[0].scenario.client.lr
+    out = []
+    for k, env in enumerate(cohort.envs):
+        c_i_new = client_control_update(c_i[k], c[k], x[k], y[k], int(steps[k]), lr)
+        size = save_state(env, STATE_KEY, c_i_new)
+        cohort.load(k, params)
+        extra = {CONTROL_DELTA_KEY: vector_record(c_i_new - c_i[k])}
+        out.append(reply(env, float(losses[k]), extra, **state_metrics(size, c_i[k])))
+    return out
+
+
 class Scaffold(Checkpointable, FedAvg):
     """Seeded sampling from FedAvg; SCAFFOLD's messages and server update."""
 
@@ -136,7 +155,7 @@ class ScaffoldParams(FedAvgParams):
     global_lr: float = Field(1.0, gt=0, description="server step size η_g")
 
 
-@register("strategy", "scaffold", params=ScaffoldParams, client=scaffold_train)
+@register("strategy", "scaffold", params=ScaffoldParams, client=scaffold_train, batched=scaffold_batched)
 def scaffold(params: ScaffoldParams, setup) -> Scaffold:
     """SCAFFOLD (option II): client and server control variates (Karimireddy et al. 2020)."""
     check_parameters_only(setup.model, "scaffold")

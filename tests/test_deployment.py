@@ -102,7 +102,7 @@ class FlakyGrid(InProcessGrid):
         messages = list(messages)
         ids = super().push_messages(messages)
         for msg, mid in zip(messages, ids):
-            pid = self.contexts[msg.metadata.dst_node_id].node_config["partition-id"]
+            pid = self.context(msg.metadata.dst_node_id).node_config["partition-id"]
             rnd = int(msg.content["config"]["server-round"]) if "config" in msg.content else 0
             if pid == self.down and msg.metadata.message_type == "train" and rnd >= self.from_round:
                 del self._replies[mid]

@@ -12,12 +12,26 @@ METRICS = ["round", "train_loss", "test_loss", "test_acc", "clients_sampled", "c
 
 
 @pytest.mark.slow
-def test_inprocess_and_ray_give_identical_per_round_metrics(tiny):
+@pytest.mark.parametrize("engine", ["actors", "flower"])
+def test_inprocess_and_ray_give_identical_per_round_metrics(tiny, engine):
     tiny["evaluation"] = {"federated": True}
     a = fedsim.run(tiny)
-    b = fedsim.run(tiny, runtime={"name": "ray", "client_resources": {"num_cpus": 1}})
+    b = fedsim.run(tiny, runtime={"name": "ray", "engine": engine, "client_resources": {"num_cpus": 1}})
     pd.testing.assert_frame_equal(a.metrics[METRICS + ["fed_acc"]], b.metrics[METRICS + ["fed_acc"]])
     assert a.metrics["clients_sampled"].tolist() == [3, 3, 3]
+
+
+@pytest.mark.slow
+def test_client_state_persists_in_the_ray_worker_that_owns_the_client(tiny):
+    """SCAFFOLD keeps c_i in each client's Context.state: on 3 workers, each client always
+    served by the same one, the run equals inprocess, state norms included."""
+    tiny["strategy"] = {"name": "scaffold", "fraction_train": 0.75}
+    tiny["rounds"] = 4
+    cols = METRICS + ["client_state_norm", "client_state_bytes"]
+    a = fedsim.run(tiny)
+    b = fedsim.run(tiny, runtime={"name": "ray", "workers": 3, "client_resources": {"num_cpus": 0.5}})
+    pd.testing.assert_frame_equal(a.metrics[cols], b.metrics[cols])
+    assert a.metrics["client_state_norm"].iloc[-1] > 0
 
 
 def test_sampling_is_a_function_of_seed_and_round_not_node_ids(tiny):

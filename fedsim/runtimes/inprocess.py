@@ -33,42 +33,22 @@ def _set_task_identity(run_id: int) -> None:
     TaskIdentity.node_id = SUPERLINK_NODE_ID
 
 
-class InProcessGrid(Grid):
-    """A Flower ``Grid`` that runs the ClientApp synchronously in the calling process.
+class SimulatedGrid(Grid):
+    """What every simulated grid of a run shares: the seeded run id and node ids (node i
+    holds partition i; every grid built for the run, and each Ray worker's, agrees on
+    them) and Flower's message plumbing. Subclasses deliver the messages."""
 
-    Node ids come from a seeded RNG; node i holds partition i and keeps one ``Context``
-    for the whole run (``Context.state`` persists across rounds, as on a SuperNode),
-    made when the node first gets a message.
-    A ClientApp that raises produces an error reply; the run goes on.
-    """
-
-    def __init__(self, client_app: ClientApp, num_nodes: int, seed: int = 0):
+    def __init__(self, num_nodes: int, seed: int = 0):
         rng = np.random.default_rng([seed, 0x6E6F6465])
         ids = rng.choice(2**62, size=num_nodes, replace=False) + 2  # 0, 1 are reserved
-        self.client_app = client_app
         self._run = Run.create_empty(int(rng.integers(1, 2**62)))
         _set_task_identity(self._run.run_id)
         self._node_ids = ids.tolist()
         self._partition = {nid: i for i, nid in enumerate(self._node_ids)}
-        # a node's Context is made when it first gets a message: 10^5 idle nodes cost nothing
-        self.contexts: dict[int, Context] = {}
-        self._replies: dict[str, Message] = {}
 
     def partition_ids(self) -> dict[int, int]:
         """Node id -> partition id, known here without asking every node (``Fleet.connect``)."""
         return self._partition
-
-    def context(self, node_id: int) -> Context:
-        """Node ``node_id``'s Context (persists for the run, as on a SuperNode)."""
-        if node_id not in self.contexts:
-            self.contexts[node_id] = Context(
-                run_id=self._run.run_id,
-                node_id=node_id,
-                node_config={"partition-id": self._partition[node_id], "num-partitions": len(self._node_ids)},
-                state=RecordDict(),
-                run_config={},
-            )
-        return self.contexts[node_id]
 
     @property
     def run(self) -> Run:
@@ -83,10 +63,42 @@ class InProcessGrid(Grid):
     def get_node_ids(self) -> list[int]:
         return list(self._node_ids)
 
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+
+class InProcessGrid(SimulatedGrid):
+    """A Flower ``Grid`` that runs the ClientApp synchronously in the calling process.
+
+    Node ids come from a seeded RNG; node i holds partition i and keeps one ``Context``
+    for the whole run (``Context.state`` persists across rounds, as on a SuperNode),
+    made when the node first gets a message.
+    A ClientApp that raises produces an error reply; the run goes on.
+    """
+
+    def __init__(self, client_app: ClientApp, num_nodes: int, seed: int = 0):
+        super().__init__(num_nodes, seed)
+        self.client_app = client_app
+        # a node's Context is made when it first gets a message: 10^5 idle nodes cost nothing
+        self.contexts: dict[int, Context] = {}
+        self._replies: dict[str, Message] = {}
+
+    def context(self, node_id: int) -> Context:
+        """Node ``node_id``'s Context (persists for the run, as on a SuperNode)."""
+        if node_id not in self.contexts:
+            self.contexts[node_id] = Context(
+                run_id=self._run.run_id,
+                node_id=node_id,
+                node_config={"partition-id": self._partition[node_id], "num-partitions": len(self._node_ids)},
+                state=RecordDict(),
+                run_config={},
+            )
+        return self.contexts[node_id]
+
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         ids = []
         for msg in messages:
-            msg_id = uuid4().hex
+            msg_id = msg.metadata.message_id or uuid4().hex  # a routing grid may have set it
             msg.metadata.__dict__["_message_id"] = msg_id
             context = self.context(msg.metadata.dst_node_id)
             try:
@@ -101,9 +113,6 @@ class InProcessGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
         return [self._replies.pop(i) for i in message_ids if i in self._replies]
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        return self.pull_messages(self.push_messages(messages))
-
 
 def run_inprocess(server_app: ServerApp, client_app: ClientApp, scenario: Scenario) -> None:
     """Run server and clients in this process with ``runtime.threads`` torch threads.
@@ -111,10 +120,14 @@ def run_inprocess(server_app: ServerApp, client_app: ClientApp, scenario: Scenar
     Small models train many times faster single-threaded (thread hand-off dominates their
     tiny kernels), so the default is 1; the previous setting is restored afterwards.
     """
-    grid = InProcessGrid(client_app, scenario.num_clients, scenario.seed)
+    serve(server_app, InProcessGrid(client_app, scenario.num_clients, scenario.seed), scenario)
+
+
+def serve(server_app: ServerApp, grid: Grid, scenario: Scenario) -> None:
+    """Run ``server_app`` on ``grid`` with ``runtime.threads`` torch threads."""
     context = Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={})
     threads = torch.get_num_threads()
-    torch.set_num_threads(scenario.runtime.threads)
+    torch.set_num_threads(getattr(scenario.runtime, "threads", 1))  # ray: the driver's thread
     try:
         server_app(grid, context)
     finally:
