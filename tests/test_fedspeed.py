@@ -86,7 +86,7 @@ def test_fedspeed_code_variant_clips_like_fl_simulator_where_clipping_binds():
     expected = w0 - lr * (clipped + (wd + lamb) * w0)
     old_rule = g + lamb * h  # fedsim before the fix: clip(g2 + lamb·(w − x + h)) + wd·w, w = x
     old_step = w0 - lr * (old_rule * min(1.0, 10.0 / old_rule.norm().item()) + wd * w0)
-    assert (old_step - expected).abs().max() > 0.1  # the test tells the two rules apart
+    assert (old_step - expected).abs().max() > 0.05  # 1000x the tolerance: the test tells the rules apart
     fedspeed.local_update(model, [(x, y)], h, lr=lr, rho=0.0, alpha=1.0, lamb=lamb, sam_normalize=True,
                           max_grad_norm=10.0, weight_decay=wd, fold_prox_into_decay=True)
     torch.testing.assert_close(model_vector(model), expected, rtol=0, atol=1e-4)
