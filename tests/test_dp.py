@@ -9,7 +9,7 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from scipy import stats
 
 import fedsim
-from fedsim.defenses.dp import CLIENT_STD, CLIP, dp_mod
+from fedsim.defenses.dp import CENTRED_BIT, CLIENT_STD, CLIP, dp_mod
 from fedsim import privacy
 from fedsim.records import flatten, to_record
 from fedsim.apps.setup import prepare
@@ -45,7 +45,7 @@ def test_client_mod_clips_the_update_in_l2_and_leaves_small_ones_alone():
         norm = scale * np.sqrt(53)
         assert float(update.norm()) == pytest.approx(min(norm, 1.0), rel=1e-6)
         assert float(update.norm()) <= 1.0 * (1 + 1e-6)
-        assert out["metrics"]["dp_unclipped"] == float(not clipped)
+        assert out["metrics"][CENTRED_BIT] == (-0.5 if clipped else 0.5)
         if clipped:  # L2 clipping scales; it keeps the direction
             assert torch.allclose(update / update.norm(), flatten(to_record(trained)) / norm, atol=1e-6)
 
@@ -111,6 +111,48 @@ def test_adaptive_clipping_grows_the_norm_when_every_update_is_clipped(tiny):
     # b̄ ≈ 0 (all clipped): C grows by about exp(0.2·0.5) per round
     ratios = np.array(clips[1:]) / np.array(clips[:-1])
     assert np.all(ratios > 1.0) and np.exp(0.1) * 0.7 < np.exp(np.log(ratios).mean()) < np.exp(0.1) * 1.3
+
+
+def _bit_sensitivity():
+    """Largest |value| a client sends for the clip count (add/remove-one: the sum moves by it),
+    measured on dp_mod's replies for a clipped and an unclipped update."""
+    sent = {"w": torch.zeros(4)}
+    sent_values = []
+    for scale in (10.0, 0.01):
+        reply = RecordDict({"arrays": to_record({"w": torch.full((4,), scale)}), "metrics": MetricRecord({"train_loss": 0.0})})
+        sent_values.append(dp_mod(_instruction(sent, 1.0), reply, _Env())["metrics"][CENTRED_BIT])
+    return max(abs(v) for v in sent_values)
+
+
+@pytest.mark.parametrize("target", [4.0, 8.0])
+def test_adaptive_clipping_reports_the_epsilon_of_the_mechanism_it_runs(target):
+    """Andrew et al. (2021) Thm 1 under Poisson sampling. Each round releases the noised sum
+    of clipped updates (sensitivity C, noise z_Δ·C) and the noised sum of clip bits
+    (sensitivity s_b as measured on dp_mod's replies, noise σ_b). ε of that mechanism, composed
+    by dp-accounting as a Poisson-sampled pair of Gaussians, must equal the reported ε (the
+    target). Before the fix clients sent raw bits (s_b = 1) and N=300, q=0.1, T=30 gave ε 5.60
+    for target 4 and 9.75 for target 8."""
+    from types import SimpleNamespace
+
+    import dp_accounting as dpa
+    from dp_accounting import rdp
+
+    from fedsim.defenses.dp import DPFedAvg, DPParams
+
+    setup = SimpleNamespace(scenario=SimpleNamespace(seed=0, num_clients=300, rounds=30),
+                            model=torch.nn.Linear(2, 1))
+    inner = SimpleNamespace(fraction_train=0.1, min_train_nodes=1)
+    dp = DPFedAvg(inner, DPParams(target_epsilon=target, adaptive=True), setup)
+    z_delta = dp.z_update  # noise std on the sum of updates, in units of C
+    sigma_b, s_b = dp.sigma_b, _bit_sensitivity()
+    assert s_b == 0.5
+    round_event = dpa.PoissonSampledDpEvent(
+        0.1, dpa.ComposedDpEvent([dpa.GaussianDpEvent(z_delta), dpa.GaussianDpEvent(sigma_b / s_b)]))
+    acc = rdp.RdpAccountant()
+    acc.compose(dpa.SelfComposedDpEvent(round_event, 30))
+    true_eps = acc.get_epsilon(1e-5)
+    assert dp.epsilon(30) == pytest.approx(true_eps, rel=1e-3)
+    assert true_eps == pytest.approx(target, rel=1e-2)
 
 
 def test_invalid_defense_settings_are_named(tiny):
