@@ -96,3 +96,35 @@ def test_gdp_epsilon_of_a_gaussian_mechanism_matches_pld():
     acc = pld.PLDAccountant()
     acc.compose(dpa.GaussianDpEvent(z))
     assert privacy.gdp_epsilon(1 / z, DELTA) == pytest.approx(acc.get_epsilon(DELTA), abs=5e-3)
+
+
+# ------------------------------------------ ε of two Gaussians (the canary audit, Andrew et al. 2024)
+
+
+@pytest.mark.parametrize("shift,std", [(0.5, 1.0), (2.0, 1.0), (0.3, 0.1)])
+def test_gaussian_pair_epsilon_with_equal_variances_is_gdp(shift, std):
+    """N(0, s²) vs N(m, s²) is exactly (m/s)-GDP (Dong, Roth, Su 2019, Thm 2.7)."""
+    assert privacy.gaussian_pair_epsilon(DELTA, 0.0, std, shift, std) == pytest.approx(
+        privacy.gdp_epsilon(shift / std, DELTA), abs=1e-4)
+
+
+@pytest.mark.parametrize("m0,s0,m1,s1,eps", [(0, 1, 2, 0.5, 1.0), (0, 0.01, 0.05, 0.03, 2.0), (0, 1, 3, 2, 0.5),
+                                             (1, 2, 0, 1, 0.0)])
+def test_gaussian_pair_delta_matches_numerical_integration(m0, s0, m1, s1, eps):
+    """δ(ε) = ∫ max(0, p − e^ε q), by adaptive quadrature."""
+    from scipy import integrate, stats
+
+    def integrand(x):
+        return max(0.0, stats.norm.pdf(x, m0, s0) - math.exp(eps) * stats.norm.pdf(x, m1, s1))
+
+    lo, hi = min(m0 - 12 * s0, m1 - 12 * s1), max(m0 + 12 * s0, m1 + 12 * s1)
+    expected = integrate.quad(integrand, lo, hi, limit=500, points=[m0, m1], epsabs=1e-12)[0]
+    assert privacy.gaussian_pair_delta(eps, m0, s0, m1, s1) == pytest.approx(expected, rel=1e-6, abs=1e-10)
+
+
+def test_gaussian_pair_epsilon_is_symmetric_and_reaches_delta():
+    eps = privacy.gaussian_pair_epsilon(DELTA, 0.0, 0.01, 0.04, 0.02)
+    assert eps == pytest.approx(privacy.gaussian_pair_epsilon(DELTA, 0.04, 0.02, 0.0, 0.01))
+    worst = max(privacy.gaussian_pair_delta(eps, 0.0, 0.01, 0.04, 0.02),
+                privacy.gaussian_pair_delta(eps, 0.04, 0.02, 0.0, 0.01))
+    assert worst == pytest.approx(DELTA, rel=1e-3)
