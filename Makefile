@@ -27,7 +27,7 @@ test-fast: install
 # Every paper-claim benchmark (fast digits profile, 3 seeds), each writing
 # benchmarks/results/<name>.json, then the pages docs/results/*.md and README's summary.
 # BENCH_ARGS="--dataset fashion_mnist" runs the Fashion-MNIST profile instead.
-BENCHMARKS := fedau fednga fedspeed decentralized inversion privacy diff2_sweep
+BENCHMARKS := sgm_epsilon fedau fednga fedspeed decentralized inversion privacy diff2_sweep
 bench: install
 	$(PY) benchmarks/runtime_overhead.py
 	set -e; for b in $(BENCHMARKS); do nice $(PY) benchmarks/$$b.py $(BENCH_ARGS); done
