@@ -17,7 +17,7 @@ from fedsim import registry
 from fedsim.apps.client import POISON_KEY
 from fedsim.runtimes.inprocess import _set_task_identity
 from fedsim.scenario import ScenarioError
-from fedsim.training import seed_sequence, torch_generator
+from fedsim.training import torch_generator
 
 HONEST = torch.tensor([[1.0, 2.0, 0.0], [3.0, 6.0, 1.0], [2.0, -2.0, 2.0]])
 OWN = torch.tensor([[5.0, 5.0, 5.0], [-1.0, 0.0, 1.0]])
