@@ -37,6 +37,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import logging  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -47,6 +48,7 @@ import fedsim  # noqa: E402
 import reporting  # noqa: E402
 from fedsim.attacks.byzantine import compromised_clients  # noqa: E402
 from fedsim import registry  # noqa: E402
+from fedsim.apps.server import Diverged  # noqa: E402
 from fedsim.apps.setup import prepare  # noqa: E402
 from fedsim.records import num_examples, stack  # noqa: E402
 from fedsim.runtimes.inprocess import _set_task_identity  # noqa: E402
@@ -91,6 +93,17 @@ CLAIM_BASELINES = ["mean", "median", "krum", "geomed", "cclip"]
 PAPER = "Zuo et al., NeurIPS 2025, Table 1: Fed-NGA at least as accurate as the robust baselines under attack"
 
 
+def run_to_end(sc: dict, out: str):
+    """A run's metrics. Large losses do not stop it (an attacked mean may blow up and still
+    be scored); a NaN loss does, and then the rows up to that round are returned."""
+    sc = {**sc, "evaluation": {**sc["evaluation"], "max_loss": 1e300}}
+    try:
+        return fedsim.run(sc).metrics
+    except Diverged:
+        runs = sorted((Path(out) / sc["name"]).glob("*/metrics.jsonl"), key=lambda p: p.stat().st_mtime)
+        return pd.read_json(runs[-1], lines=True).dropna(subset=["test_acc"])
+
+
 def accuracy_piece(attack: str, clients: int, rounds: int, seeds: list[int], dataset: str):
     """One attack (or ``none``) at every Byzantine fraction, every method, every seed: the
     table rows (with the realised compromised weight per seed) and the claims."""
@@ -100,7 +113,7 @@ def accuracy_piece(attack: str, clients: int, rounds: int, seeds: list[int], dat
     for fraction in fractions:
         final: dict[str, list[float]] = {m: [] for m in METHODS}
         best: dict[str, list[float]] = {m: [] for m in METHODS}
-        realised = []
+        realised, diverged = [], []
         for seed in seeds:
             base = base_scenario(clients, rounds, out, seed, dataset)
             sizes = prepare(fedsim.load_scenario(base)).partition_sizes
@@ -112,15 +125,19 @@ def accuracy_piece(attack: str, clients: int, rounds: int, seeds: list[int], dat
                     sc["byzantine"] = {"name": attack, "fraction": fraction, "count_by": "weight"}
                     if attack == "foe":
                         sc["byzantine"]["epsilon"] = 3.0 * (clients - len(bad)) if method in STRONG_FOE else 0.1
-                m = fedsim.run(sc).metrics
+                m = run_to_end(sc, out)
                 final[method].append(float(m["test_acc"].iloc[-1]))
                 best[method].append(float(m["test_acc"].max()))
+                if len(m) < rounds:
+                    diverged.append(f"{method} seed {seed} at round {len(m)}")
             print(f"  {attack} {fraction} seed {seed}: realised weight {realised[-1]['weight']:.2f} "
                   f"({realised[-1]['clients']}/{clients})", flush=True)
         weights = ", ".join(f"{r['weight']:.2f} ({r['clients']}/{clients})" for r in realised)
         setting = "no attack" if attack == "none" else f"{attack}, target weight {fraction}"
         for method in METHODS:
             rows.append({"method": method, "setting": setting, "realised weight per seed": weights,
+                         "stopped (NaN loss; last accuracy kept)": "; ".join(d for d in diverged if d.startswith(method + " "))
+                         or None,
                          "final acc": reporting.spread(final[method])["mean"], "sd": reporting.spread(final[method])["std"],
                          "final per seed": final[method], "best acc (mean)": reporting.spread(best[method])["mean"]})
         if attack != "none":
