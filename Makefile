@@ -29,8 +29,14 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
+# Every paper-claim benchmark (fast digits profile, 3 seeds), each writing
+# benchmarks/results/<name>.json, then the pages docs/results/*.md and README's summary.
+# BENCH_ARGS="--dataset fashion_mnist" runs the Fashion-MNIST profile instead.
+BENCHMARKS := sgm_epsilon fedau fednga fedspeed decentralized inversion privacy diff2_sweep
 bench: install
 	$(PY) benchmarks/runtime_overhead.py
+	set -e; for b in $(BENCHMARKS); do nice $(PY) benchmarks/$$b.py $(BENCH_ARGS); done
+	$(PY) benchmarks/render.py
 
 # the documentation site, built offline into site/ (mkdocs.yml; pages under docs/)
 docs: install

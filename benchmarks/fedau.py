@@ -15,31 +15,29 @@ cyclic period 20 instead of 100 (15 cycles per run); 3 seeds instead of 5. FedAU
 K = ∞. N stays large against 1/p_min so that a rare client's weight ω_n/N ≈ 0.5 (0.2 in
 the paper) does not let one update dominate a round.
 
-    PYTHONPATH=. python benchmarks/fedau.py [--rounds R] [--seeds 0 1 2] [--processes bernoulli ...]
+    python benchmarks/fedau.py [--seeds 0 1 2] [--only bernoulli ...] [--dataset fashion_mnist]
 
-Prints one row per (participation, method): final test accuracy mean ± std over the seeds,
-the ratio to FedAU's, the mean accuracy of the last five evaluations (less sensitive to
-the last round's update), and the strategy's peak server state in bytes (measured: the
-sum of ``nbytes`` of the arrays it holds, reported every round as ``server_state_bytes``;
-the global model itself, which every method holds, is not counted).
+Writes ``benchmarks/results/fedau.json`` (``fedau_fashion_mnist.json``): per (participation,
+method) the final test accuracy per seed, mean and sd, the mean of the last five
+evaluations, and the strategy's peak server state in bytes (the sum of ``nbytes`` of the
+arrays it holds, ``server_state_bytes``; the global model is not counted); and the claims
+"FedAU beats FedAvg-participants / FedAvg-all" per process with their paired verdicts.
+With ``--only`` each process is a piece written into the same file.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import resource
 import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 import fedsim  # noqa: E402
+import reporting  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,12 +54,13 @@ METHODS = {
 PROCESSES = ("bernoulli", "markov", "cyclic")  # scenarios/fedau_<process>.yaml
 
 
-def run(job: tuple[str, str, int, int | None, str]) -> tuple[str, str, int, float, float, int]:
+def run(job: tuple) -> tuple[str, str, int, float, float, int]:
     """One run; returns (process, method, seed, final accuracy, mean of the last 5 evaluations,
     peak server state bytes)."""
-    process, method, seed, rounds, out = job
+    process, method, seed, rounds, dataset, out = job
     strategy, lr = METHODS[method]
     overrides = {
+        **reporting.profile(dataset),
         "seed": seed,
         "strategy": strategy,
         "client.lr": lr,
@@ -76,40 +75,58 @@ def run(job: tuple[str, str, int, int | None, str]) -> tuple[str, str, int, floa
     return process, method, seed, float(acc.iloc[-1]), float(acc.iloc[-5:].mean()), state
 
 
+CLAIM_BASELINES = ("FedAvg-participants", "FedAvg-all")  # Wang & Ji: FedAU beats both normalisations
+PAPER = "Wang & Ji, ICLR 2024, Table 1 and abstract: FedAU above both FedAvg normalisations"
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = reporting.parser(__doc__, list(PROCESSES))
     ap.add_argument("--rounds", type=int, default=None, help="override the scenarios' rounds")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--processes", nargs="+", default=list(PROCESSES), choices=PROCESSES)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    ap.add_argument("--workers", type=int, default=2, help="runs in parallel (one per core)")
+    ap.add_argument("--workers", type=int, default=1, help="runs in parallel (one per core)")
     args = ap.parse_args()
-    start = time.perf_counter()
+    started = time.time()
+    processes = args.only or list(PROCESSES)
     with tempfile.TemporaryDirectory() as out:
-        jobs = [(p, m, s, args.rounds, out) for p in args.processes for m in args.methods for s in args.seeds]
+        jobs = [(p, m, s, args.rounds, args.dataset, out) for p in processes for m in args.methods for s in args.seeds]
         with ProcessPoolExecutor(args.workers) as pool:
             done = {(p, m, s): (final, last, state) for p, m, s, final, last, state in pool.map(run, jobs)}
-    sc = fedsim.load_scenario(ROOT / "scenarios" / f"fedau_{args.processes[0]}.yaml")
-    rounds = args.rounds or sc.rounds
-    print(
-        f"\nFedAU benchmark: {sc.dataset.name}, {sc.model.name}, N={sc.num_clients}, {rounds} rounds, "
-        f"seeds {args.seeds}, label-correlated p_n (p̄=0.1, p_min=0.02), Dir(0.1) label split\n"
-    )
-    head = f"{'participation':<13} {'method':<20} {'final test acc':>16} {'FedAU':>7} {'ratio':>6}"
-    print(head + f" {'last-5 mean acc':>16} {'server state (bytes)':>21}")
-    for p in args.processes:
-        ref = np.mean([done[(p, "FedAU", s)][0] for s in args.seeds]) if "FedAU" in args.methods else np.nan
+    sc = fedsim.load_scenario(ROOT / "scenarios" / f"fedau_{processes[0]}.yaml")
+    settings = {
+        "profile": args.dataset, "dataset": reporting.profile(args.dataset).get("dataset", {}).get("name", sc.dataset.name),
+        "model": reporting.profile(args.dataset).get("model", {}).get("name", sc.model.name),
+        "num_clients": sc.num_clients, "rounds": args.rounds or sc.rounds, "methods": args.methods,
+        "participation": "label-correlated p_n (mean 0.1, p_min 0.02), Dir(0.1) label split",
+        "metric": "final test accuracy (global model)",
+    }
+    tables, claims = {}, []
+    for p in processes:
+        rows = []
         for m in args.methods:
-            final, last, state = (np.array(v) for v in zip(*(done[(p, m, s)] for s in args.seeds)))
-            print(
-                f"{p:<13} {m:<20} {final.mean():>9.4f} ± {final.std():.4f} {ref:>7.4f} {final.mean() / ref:>6.3f}"
-                f" {last.mean():>8.4f} ± {last.std():.4f} {state.max():>21,}"
-            )
-    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(
-        f"\ntotal time: {time.perf_counter() - start:.0f} s wall with {args.workers} workers, "
-        f"{cpu.ru_utime + cpu.ru_stime:.0f} s CPU"
-    )
+            final, last, state = (list(v) for v in zip(*(done[(p, m, s)] for s in args.seeds)))
+            rows.append({"method": m, "final test acc": reporting.spread(final)["mean"],
+                         "sd": reporting.spread(final)["std"], "per seed": final,
+                         "last-5 mean acc": reporting.spread(last)["mean"], "server state bytes": max(state)})
+        tables[f"{p} participation"] = rows
+        if "FedAU" in args.methods:
+            ours = [done[(p, "FedAU", s)][0] for s in args.seeds]
+            for base in CLAIM_BASELINES:
+                if base in args.methods:
+                    claims.append(reporting.claim(
+                        f"FedAU beats {base} under {p} participation", PAPER, "final test acc", "FedAU", base,
+                        ours, [done[(p, base, s)][0] for s in args.seeds]))
+        piece = p if args.only else None
+        if piece:
+            path = reporting.write(reporting.results_name("fedau", args.dataset), settings=settings, seeds=args.seeds,
+                                   tables={k: v for k, v in tables.items() if k.startswith(p)},
+                                   claims=[c for c in claims if c["claim"].endswith(f"{p} participation")],
+                                   started=started, piece=piece)
+    if not args.only:
+        path = reporting.write(reporting.results_name("fedau", args.dataset), settings=settings, seeds=args.seeds,
+                               tables=tables, claims=claims, started=started)
+    for c in claims:
+        print(f"{c['claim']}: {c['verdict']} (diffs {', '.join(f'{d:+.4f}' for d in c['diffs'])})")
+    print(f"wrote {path} ({time.time() - started:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Fed-NGA (Zuo et al., NeurIPS 2025) against Byzantine clients: accuracy and aggregation cost.
 
-Table 1 (``--table accuracy``): best and final test accuracy of Fed-NGA and every robust
-baseline, with no attack and with 20% / 30% Byzantine data weight (C̄α) under each attack,
+Table 1 (pieces ``none`` and one per attack): best and final test accuracy of Fed-NGA and every robust
+baseline, with no attack and with a target 20% / 30% Byzantine data weight (C̄α) under each attack,
 on digits with a Dirichlet(0.6) label split. Every method runs the same update path
 (each client uploads one minibatch gradient at w^t; the server steps
 w ← w − η_t · R(gradients) with η_t = 0.5/√(1 + 0.002t)), so only the rule R differs.
@@ -10,7 +10,7 @@ Multi-Krum use f (Multi-Krum averages n − f), the trimmed mean cuts β = f/n p
 FoE uses the paper's per-rule ε: 3(M − B) against the mean, CClip and Fed-NGA, 0.1
 against the median-type rules (median, trimmed mean, Krum, Multi-Krum, GM).
 
-Table 2 (``--table timing``): on synthetic updates, against the number of clients n and the
+Table 2 (piece ``timing``): on synthetic updates, against the number of clients n and the
 model size d, the wall time of one ``aggregate_train`` call (what each round's
 ``aggregate_seconds`` records: reading the replies' arrays, the rule, the server step) and
 of the rule alone on the decoded n × d matrix (what the paper times). Single-threaded,
@@ -18,10 +18,12 @@ fastest of ``--repeats``; f = n/5 for Krum, Multi-Krum and the trimmed mean.
 
 Cut from the paper to fit ~10 minutes on 2 shared CPU cores: digits (8×8, 1,437 training
 images) instead of MNIST, an MLP 64-64-10 instead of 784-200-100-10, M = 10 clients
-instead of 50, 50 rounds instead of 500, one seed; MCA is not implemented.
+instead of 50, 50 rounds instead of 500; MCA is not implemented. The compromised set is
+drawn per seed by data weight; its realised weight is recorded per seed.
 
-    python benchmarks/fednga.py                     # both tables
-    python benchmarks/fednga.py --table timing
+Writes ``benchmarks/results/fednga.json``; pieces ``none``, one per attack, ``timing``:
+
+    python benchmarks/fednga.py [--seeds 0 1 2] [--only none sign_flip timing] [--dataset fashion_mnist]
 """
 
 from __future__ import annotations
@@ -32,10 +34,10 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import argparse  # noqa: E402
 import logging  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -43,8 +45,10 @@ import torch  # noqa: E402
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict  # noqa: E402
 
 import fedsim  # noqa: E402
+import reporting  # noqa: E402
 from fedsim.attacks.byzantine import compromised_clients  # noqa: E402
 from fedsim import registry  # noqa: E402
+from fedsim.apps.server import Diverged  # noqa: E402
 from fedsim.apps.setup import prepare  # noqa: E402
 from fedsim.records import num_examples, stack  # noqa: E402
 from fedsim.runtimes.inprocess import _set_task_identity  # noqa: E402
@@ -59,10 +63,10 @@ FRACTIONS = [0.2, 0.3]
 STRONG_FOE = {"fednga", "mean", "cclip"}  # Fed-NGA App. B: q = −3(M − B) against these
 
 
-def base_scenario(clients: int, rounds: int, out: str) -> dict:
+def base_scenario(clients: int, rounds: int, out: str, seed: int = 0, dataset: str = "digits") -> dict:
     return {
         "name": "bench_fednga",
-        "seed": 0,
+        "seed": seed,
         "rounds": rounds,
         "num_clients": clients,
         "dataset": {"name": "digits"},
@@ -71,7 +75,7 @@ def base_scenario(clients: int, rounds: int, out: str) -> dict:
         "client": {"batch_size": 32},
         "evaluation": {"eval_every": 1},
         "output": {"dir": out, "progress": False, "plot": False, "save_model": False},
-    }
+    } | ({} if dataset == "digits" else reporting.profile(dataset))
 
 
 def strategy_for(method: str, clients: int, f: int) -> dict:
@@ -85,33 +89,63 @@ def strategy_for(method: str, clients: int, f: int) -> dict:
     return s
 
 
-def accuracy_table(clients: int, rounds: int) -> pd.DataFrame:
+CLAIM_BASELINES = ["mean", "median", "krum", "geomed", "cclip"]
+PAPER = "Zuo et al., NeurIPS 2025, Table 1: Fed-NGA at least as accurate as the robust baselines under attack"
+
+
+def run_to_end(sc: dict, out: str):
+    """A run's metrics. Large losses do not stop it (an attacked mean may blow up and still
+    be scored); a NaN loss does, and then the rows up to that round are returned."""
+    sc = {**sc, "evaluation": {**sc["evaluation"], "max_loss": 1e300}}
+    try:
+        return fedsim.run(sc).metrics
+    except Diverged:
+        runs = sorted((Path(out) / sc["name"]).glob("*/metrics.jsonl"), key=lambda p: p.stat().st_mtime)
+        return pd.read_json(runs[-1], lines=True).dropna(subset=["test_acc"])
+
+
+def accuracy_piece(attack: str, clients: int, rounds: int, seeds: list[int], dataset: str):
+    """One attack (or ``none``) at every Byzantine fraction, every method, every seed: the
+    table rows (with the realised compromised weight per seed) and the claims."""
     out = tempfile.mkdtemp(prefix="bench_fednga_")
-    base = base_scenario(clients, rounds, out)
-    sizes = prepare(fedsim.load_scenario(base)).partition_sizes
-    settings = [("none", 0.0)] + [(a, f) for f in FRACTIONS for a in ATTACKS]
-    rows = []
-    for attack, fraction in settings:
-        bad = compromised_clients(base["seed"], sizes, fraction, "weight")
-        weight = sum(sizes[i] for i in bad) / sum(sizes)
-        label = "no attack" if attack == "none" else f"{attack} C̄α={weight:.2f} ({len(bad)}/{clients})"
+    fractions = [0.0] if attack == "none" else FRACTIONS
+    rows, claims = [], []
+    for fraction in fractions:
+        final: dict[str, list[float]] = {m: [] for m in METHODS}
+        best: dict[str, list[float]] = {m: [] for m in METHODS}
+        realised, diverged = [], []
+        for seed in seeds:
+            base = base_scenario(clients, rounds, out, seed, dataset)
+            sizes = prepare(fedsim.load_scenario(base)).partition_sizes
+            bad = compromised_clients(seed, sizes, fraction, "weight") if fraction else []
+            realised.append({"weight": sum(sizes[i] for i in bad) / sum(sizes), "clients": len(bad)})
+            for method in METHODS:
+                sc = {**base, "strategy": strategy_for(method, clients, len(bad))}
+                if attack != "none":
+                    sc["byzantine"] = {"name": attack, "fraction": fraction, "count_by": "weight"}
+                    if attack == "foe":
+                        sc["byzantine"]["epsilon"] = 3.0 * (clients - len(bad)) if method in STRONG_FOE else 0.1
+                m = run_to_end(sc, out)
+                final[method].append(float(m["test_acc"].iloc[-1]))
+                best[method].append(float(m["test_acc"].max()))
+                if len(m) < rounds:
+                    diverged.append(f"{method} seed {seed} at round {len(m)}")
+            print(f"  {attack} {fraction} seed {seed}: realised weight {realised[-1]['weight']:.2f} "
+                  f"({realised[-1]['clients']}/{clients})", flush=True)
+        weights = ", ".join(f"{r['weight']:.2f} ({r['clients']}/{clients})" for r in realised)
+        setting = "no attack" if attack == "none" else f"{attack}, target weight {fraction}"
         for method in METHODS:
-            sc = {**base, "strategy": strategy_for(method, clients, len(bad))}
-            if attack != "none":
-                sc["byzantine"] = {"name": attack, "fraction": fraction, "count_by": "weight"}
-                if attack == "foe":
-                    sc["byzantine"]["epsilon"] = 3.0 * (clients - len(bad)) if method in STRONG_FOE else 0.1
-            m = fedsim.run(sc).metrics
-            rows.append(
-                {"method": method, "setting": label, "attack": attack, "fraction": fraction,
-                 "best_acc": m["test_acc"].max(), "final_acc": m["test_acc"].iloc[-1]}
-            )
-            print(f"  {method:13s} {label:36s} best {rows[-1]['best_acc']:.3f}", flush=True)
-    df = pd.DataFrame(rows)
-    clean = df[df.attack == "none"].set_index("method")["best_acc"]
-    df["baseline"] = df["method"].map(clean)  # the method's own no-attack best accuracy
-    df["ratio"] = df["best_acc"] / df["baseline"]
-    return df
+            rows.append({"method": method, "setting": setting, "realised weight per seed": weights,
+                         "stopped (NaN loss; last accuracy kept)": "; ".join(d for d in diverged if d.startswith(method + " "))
+                         or None,
+                         "final acc": reporting.spread(final[method])["mean"], "sd": reporting.spread(final[method])["std"],
+                         "final per seed": final[method], "best acc (mean)": reporting.spread(best[method])["mean"]})
+        if attack != "none":
+            for base_method in CLAIM_BASELINES:
+                claims.append(reporting.claim(
+                    f"Fed-NGA above {base_method} under {attack} at weight {fraction} (realised {weights})", PAPER,
+                    "final test acc", "fednga", base_method, final["fednga"], final[base_method]))
+    return rows, claims
 
 
 def synthetic_replies(n: int, d: int, rng: np.random.Generator) -> list[Message]:
@@ -200,54 +234,33 @@ def timing_table(grid: list[tuple[int, int]], repeats: int) -> pd.DataFrame:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--table", choices=["accuracy", "timing", "both"], default="both")
+    pieces = ["none", *ATTACKS, "timing"]
+    ap = reporting.parser(__doc__, pieces)
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    pd.set_option("display.width", 200, "display.max_rows", 500, "display.max_columns", 20)
-    start = time.time()
-    if args.table in ("accuracy", "both"):
-        print(f"Table 1: digits, Dirichlet(0.6), {args.clients} clients, {args.rounds} rounds, MLP 64")
-        df = accuracy_table(args.clients, args.rounds)
-        print("\n(method, setting, metric = best test accuracy, baseline = its no-attack best, ratio)")
-        print(df[["method", "setting", "best_acc", "final_acc", "baseline", "ratio"]].to_string(index=False, float_format="%.3f"))
-        pivot = df.pivot_table(index="method", columns="setting", values="best_acc", sort=False).reindex(METHODS)
-        print("\nbest test accuracy, methods × settings")
-        print(pivot.T.to_string(float_format="%.3f"))
-        attacked = df[df.attack != "none"]
-        nga = attacked[attacked.method == "fednga"].set_index("setting")["best_acc"]
-        print("\nFed-NGA ≥ baseline (best acc, within 0.01) in attacked cells:")
-        for method in METHODS[1:]:
-            other = attacked[attacked.method == method].set_index("setting")["best_acc"]
-            wins = int((nga >= other - 0.01).sum())
-            print(f"  vs {method:13s} {wins:2d}/{len(nga)}")
-        drop = (nga.max() - df[(df.method == "fednga") & (df.attack == "none")]["best_acc"].iloc[0])
-        close = int((attacked[attacked.method == "fednga"]["ratio"] >= 0.95).sum())
-        collapse = int((attacked[attacked.method == "mean"]["best_acc"] < 0.3).sum())
-        print(f"Fed-NGA within 5% of its no-attack accuracy in {close}/{len(nga)} attacked cells; "
-              f"mean (FedAvg) below 30% in {collapse}/{len(nga)} (best attacked − clean for Fed-NGA: {drop:+.3f})")
-        print(f"[table 1: {time.time() - start:.0f} s]")
-    if args.table in ("timing", "both"):
-        t0 = time.time()
-        grid = [(n, d) for d in (10_000, 100_000) for n in (10, 50, 200)] + [(10, 1_000_000), (50, 1_000_000)]
-        print("\nTable 2: aggregation time on synthetic updates (single-threaded, fastest of repeats; f = n/5)")
-        df = timing_table(grid, args.repeats)
-        print("(method, setting = n × d, metrics = ms per call: aggregate_train, rule alone; ratio = / Fed-NGA's)")
-        cols = ["method", "n", "d", "aggregate_ms", "aggregate_ratio", "rule_ms", "rule_ratio"]
-        print(df[cols].to_string(index=False, float_format="%.2f"))
-        for col, title in (("aggregate_ms", "aggregate_train (what a round's aggregate_seconds records)"),
-                           ("rule_ms", "the rule alone, on the decoded n × d matrix")):
-            wide = df.pivot_table(index=["d", "n"], columns="method", values=col, sort=False)[METHODS]
-            wide.insert(0, "read", df.pivot_table(index=["d", "n"], values="read_ms", sort=False)["read_ms"])
-            print(f"\nms per call, {title}; read = decoding the n replies into the matrix")
-            print(wide.to_string(float_format="%.1f"))
-        nga = df[df.method == "fednga"].set_index(["d", "n"])["rule_ms"]
-        per = nga / (nga.index.get_level_values(0) * nga.index.get_level_values(1)) * 1e6
-        print(f"Fed-NGA rule ns per (n·d) coordinate: {', '.join(f'{v:.2f}' for v in per)} (constant = linear in n·d)")
-        print(f"[table 2: {time.time() - t0:.0f} s]")
+    settings = {"profile": args.dataset, "clients": args.clients, "rounds": args.rounds, "partition": "Dirichlet(0.6)",
+                "model": reporting.profile(args.dataset).get("model", {}).get("name", "mlp(64)"),
+                "fractions": FRACTIONS, "compromised set": "by data weight, seeded per seed (realised weight printed)",
+                "timing": "synthetic updates, single-threaded, fastest of repeats, f = n/5"}
+    name = reporting.results_name("fednga", args.dataset)
+    for piece in args.only or pieces:
+        started = time.time()
+        if piece == "timing":
+            grid = [(n, d) for d in (10_000, 100_000) for n in (10, 50, 200)] + [(10, 1_000_000), (50, 1_000_000)]
+            df = timing_table(grid, args.repeats)
+            cols = ["method", "n", "d", "read_ms", "aggregate_ms", "aggregate_ratio", "rule_ms", "rule_ratio"]
+            tables, claims = {"Aggregation time (ms per call; ratio = / Fed-NGA's)": df[cols].to_dict("records")}, []
+        else:
+            rows, claims = accuracy_piece(piece, args.clients, args.rounds, args.seeds, args.dataset)
+            tables = {f"Accuracy: {piece}": rows}
+        path = reporting.write(name, settings=settings, seeds=args.seeds, tables=tables, claims=claims,
+                               started=started, piece=piece)
+        for c in claims:
+            print(f"  {c['claim']}: {c['verdict']}")
+        print(f"wrote {path} ({time.time() - started:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,24 +15,23 @@ participants-only mean of x̂ diverges at 25% participation) and code variant
 (lamb = 0.1, normalised ascent, α = 1, clip 10, all-client dual averaging). No learning-rate decay (FL-Simulator
 decays ×0.998 per round: 0.92 over 40 rounds).
 
-Rows: method, setting, metric, value, FedAvg's value (baseline) and the ratio; then
-the claim, checked per setting for both FedSpeed variants.
+Writes ``benchmarks/results/fedspeed.json`` (``fedspeed_fashion_mnist.json``): per setting
+(piece ``dir<alpha>-e<epochs>``) each method's final accuracy and rounds to the target per
+seed, and the claims (both variants against FedAvg, FedProx, SCAFFOLD and FedDyn; fewer
+rounds than FedAvg) with their paired verdicts.
 
-    python benchmarks/fedspeed.py [--rounds 40] [--seeds 0 1] [--target 0.85]
+    python benchmarks/fedspeed.py [--seeds 0 1 2] [--only dir0.3-e5 ...] [--dataset fashion_mnist]
 """
 
 from __future__ import annotations
 
-import argparse
-import math
 import tempfile
 import time
 
 import numpy as np
-from rich.console import Console
-from rich.table import Table
 
 import fedsim
+import reporting
 
 METHODS = {
     "fedavg": {"name": "fedavg"},
@@ -45,7 +44,7 @@ METHODS = {
 }
 
 
-def scenario(method: str, alpha: float, epochs: int, seed: int, rounds: int, out: str) -> dict:
+def scenario(method: str, alpha: float, epochs: int, seed: int, rounds: int, out: str, dataset: str) -> dict:
     return {
         "name": f"fedspeed-bench-{method}",
         "seed": seed,
@@ -57,78 +56,61 @@ def scenario(method: str, alpha: float, epochs: int, seed: int, rounds: int, out
         "strategy": {**METHODS[method], "fraction_train": 0.25},
         "client": {"epochs": epochs, "batch_size": 16, "lr": 0.05, "weight_decay": 1e-3},
         "output": {"dir": out, "progress": False, "plot": False, "save_model": False},
+        **reporting.profile(dataset),
     }
 
 
 def rounds_to(acc: np.ndarray, target: float) -> float:
+    """First round at or above ``target``; rounds + 1 when never reached (censored)."""
     hit = np.nonzero(acc >= target)[0]
-    return float(hit[0] + 1) if len(hit) else math.inf
+    return float(hit[0] + 1) if len(hit) else float(len(acc) + 1)
+
+
+PAPER = "Sun et al., ICLR 2023 (FL-Simulator README, CIFAR-10): FedSpeed above FedAvg, FedProx, SCAFFOLD, FedDyn"
+PIECES = [f"dir{a}-e{e}" for e in (1, 5) for a in (0.6, 0.3, 0.1)]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = reporting.parser(__doc__, PIECES)
     ap.add_argument("--rounds", type=int, default=40)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--target", type=float, default=0.85)
-    ap.add_argument("--alphas", type=float, nargs="+", default=[0.6, 0.3, 0.1])
-    ap.add_argument("--epochs", type=int, nargs="+", default=[1, 5])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     args = ap.parse_args()
-
-    start = time.perf_counter()
-    results: dict[tuple, dict] = {}
-    with tempfile.TemporaryDirectory() as out:
-        for epochs in args.epochs:
-            for alpha in args.alphas:
-                for method in args.methods:
-                    curves = [
-                        fedsim.run(scenario(method, alpha, epochs, seed, args.rounds, out)).metrics["test_acc"].to_numpy()
-                        for seed in args.seeds
-                    ]
-                    # mean over seeds of each seed's rounds-to-target (inf if one never gets there)
-                    results[(method, alpha, epochs)] = {
-                        "rounds": float(np.mean([rounds_to(c, args.target) for c in curves])),
-                        "final": float(np.mean([c[-1] for c in curves])),
-                    }
-    elapsed = time.perf_counter() - start
-
-    table = Table(title=f"FedSpeed vs baselines on digits (target {args.target:.0%}, {args.rounds} rounds, "
-                  f"seeds {args.seeds}, {elapsed:.0f} s)")
-    for col in ("method", "setting", "metric", "value", "baseline (FedAvg)", "ratio"):
-        table.add_column(col, justify="left" if col in ("method", "setting", "metric") else "right")
-    fmt = {"rounds": lambda v: "never" if math.isinf(v) else f"{v:.1f}", "final": lambda v: f"{v:.4f}"}
-    for epochs in args.epochs:
-        for alpha in args.alphas:
+    settings = {"profile": args.dataset, "rounds": args.rounds, "target": args.target, "methods": args.methods,
+                "clients": "20, 25% per round", "client": "batch 16, lr 0.05, wd 1e-3",
+                "base model": reporting.profile(args.dataset).get("model", {}).get("name", "mlp(64)"),
+                "rounds to target": f"first round with test acc >= target; rounds + 1 when never reached"}
+    name = reporting.results_name("fedspeed", args.dataset)
+    for piece in args.only or PIECES:
+        started = time.time()
+        alpha, epochs = float(piece[3:].split("-e")[0]), int(piece.split("-e")[1])
+        final, rounds = {}, {}
+        with tempfile.TemporaryDirectory() as out:
             for method in args.methods:
-                for metric, label in (("rounds", "rounds to target"), ("final", "final accuracy")):
-                    value = results[(method, alpha, epochs)][metric]
-                    base = results.get(("fedavg", alpha, epochs), {}).get(metric, math.nan)
-                    ratio = value / base if base and math.isfinite(base) and math.isfinite(value) else math.nan
-                    table.add_row(method, f"Dir({alpha}) E={epochs}", label, fmt[metric](value),
-                                  fmt[metric](base), "-" if math.isnan(ratio) else f"{ratio:.2f}")
-        table.add_section()
-    console = Console(width=120)
-    console.print(table)
+                curves = [fedsim.run(scenario(method, alpha, epochs, seed, args.rounds, out, args.dataset))
+                          .metrics["test_acc"].to_numpy() for seed in args.seeds]
+                final[method] = [float(c[-1]) for c in curves]
+                rounds[method] = [rounds_to(c, args.target) for c in curves]
+                print(f"{piece} {method}: final {np.mean(final[method]):.4f}", flush=True)
+        rows = [{"method": m, "final test acc": reporting.spread(final[m])["mean"], "sd": reporting.spread(final[m])["std"],
+                 "per seed": final[m], f"rounds to {args.target}": rounds[m]} for m in args.methods]
+        claims = []
+        for variant in (v for v in ("fedspeed", "fedspeed-code") if v in args.methods):
+            label = "FedSpeed (paper)" if variant == "fedspeed" else "FedSpeed (code)"
+            for base in (b for b in ("fedavg", "fedprox", "scaffold", "feddyn") if b in args.methods):
+                claims.append(reporting.claim(f"{label} ends above {base}, Dir({alpha}) E={epochs}", PAPER,
+                                              "final test acc", label, base, final[variant], final[base]))
+            if "fedavg" in args.methods:
+                claims.append(reporting.claim(
+                    f"{label} reaches {args.target} in fewer rounds than fedavg, Dir({alpha}) E={epochs}",
+                    "Sun et al. 2023: fewer communication rounds at large local intervals", "rounds to target",
+                    label, "fedavg", rounds[variant], rounds["fedavg"], higher_is_better=False))
+        path = reporting.write(name, settings=settings, seeds=args.seeds, tables={f"Dir({alpha}), {epochs} local epochs": rows},
+                               claims=claims, started=started, piece=piece)
+        for c in claims:
+            print(f"  {c['claim']}: {c['verdict']}")
+        print(f"wrote {path} ({time.time() - started:.0f} s)", flush=True)
 
-    variants = [v for v in ("fedspeed", "fedspeed-code") if v in args.methods]
-    if variants and {"fedavg", "feddyn", "scaffold"} <= set(args.methods):
-        claim = Table(title="Claim: FedSpeed needs fewer rounds than FedAvg at E=5 and ends ≥ FedDyn and SCAFFOLD")
-        for col in ("setting", "variant", "rounds", "FedAvg rounds", "fewer rounds", "final",
-                    "best of FedDyn, SCAFFOLD", "at least as accurate"):
-            claim.add_column(col)
-        for epochs in args.epochs:
-            for alpha in args.alphas:
-                r = {m: results[(m, alpha, epochs)] for m in args.methods}
-                rival = max(r["feddyn"]["final"], r["scaffold"]["final"])
-                for v in variants:
-                    claim.add_row(
-                        f"Dir({alpha}) E={epochs}", v,
-                        fmt["rounds"](r[v]["rounds"]), fmt["rounds"](r["fedavg"]["rounds"]),
-                        "yes" if r[v]["rounds"] < r["fedavg"]["rounds"] else "no",
-                        fmt["final"](r[v]["final"]), fmt["final"](rival),
-                        "yes" if r[v]["final"] >= rival else "no",
-                    )
-        console.print(claim)
 
 if __name__ == "__main__":
     main()

@@ -24,13 +24,14 @@ count (stages × 60 iterations × 2 restarts). Victims: 2 single images (B = 1) 
 of 4. On patches the prior part runs FedSGD uploads only and the in-distribution prior only
 (the OOD prior for patches would be digits).
 
-    python benchmarks/inversion.py [--datasets digits patches] [--parts dropout prior]
+Writes ``benchmarks/results/inversion.json``, one piece per dataset and part; each seed
+changes the model initialisation, the victims and the noise; claims are paired over seeds:
+
+    python benchmarks/inversion.py [--seeds 0 1 2] [--only digits-dropout digits-prior ...]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -41,13 +42,14 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+
+import reporting  # noqa: E402
 
 from fedsim.attacks.dia import DIAParams, DropoutInversion, well_informed  # noqa: E402
 from fedsim.attacks.gifd import GIFDParams, gifd  # noqa: E402
 from fedsim.attacks.ig import InvertingGradients  # noqa: E402
 from fedsim.attacks.inversion import Knowledge, LocalTraining, Observation  # noqa: E402
-from fedsim.attacks.inversion.metrics import save_grid, score  # noqa: E402
+from fedsim.attacks.inversion.metrics import score  # noqa: E402
 from fedsim.attacks.inversion.params import PixelAttackParams  # noqa: E402
 from fedsim.attacks.inversion.replay import client_step  # noqa: E402
 from fedsim.data.datasets import load_dataset  # noqa: E402
@@ -59,12 +61,14 @@ OTHER = {"digits": "patches", "patches": "digits"}
 LOCAL = {1: LocalTraining(lr=0.1, steps=3, batch_size=1), 4: LocalTraining(lr=0.1, steps=3, batch_size=4)}
 
 
-def victims(ds, batch: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``count`` batches of ``batch`` training examples with distinct labels (fixed picks).
+def victims(ds, batch: int, count: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``count`` batches of ``batch`` training examples with distinct labels, scanning the
+    training split from a seeded offset (seed 0: from the start).
 
     Each batch is in label order: the client's order within a batch is arbitrary, and so the
     oracle's per-example masks line up with the attacker's (sorted) inferred labels."""
-    out, start = [], 0
+    out = []
+    start = 0 if seed == 0 else int(np.random.default_rng(derive_seed(seed, "bench-victims")).integers(len(ds.y_train) // 2))
     for _ in range(count):
         idx, seen = [], set()
         for i in range(start, len(ds.y_train)):
@@ -79,34 +83,36 @@ def victims(ds, batch: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor
     return out
 
 
-def upload(net, x, y, kind, noise: float, key) -> tuple[Observation, list]:
+def upload(net, x, y, kind, noise: float, key, seed: int = 0) -> tuple[Observation, list]:
     """The client's upload (train mode, recorded masks), optionally with Gaussian noise."""
     local = LOCAL[len(x)] if kind == "update" else None
-    up, masks = client_step(net, x, y, kind, local, torch_generator(0, "client", *key))
+    up, masks = client_step(net, x, y, kind, local, torch_generator(seed, "client", *key))
     if noise:
-        gen = torch_generator(0, "noise", *key)
+        gen = torch_generator(seed, "noise", *key)
         up = {k: u + noise * u.pow(2).mean().sqrt() * torch.randn(u.shape, generator=gen) for k, u in up.items()}
-    obs = Observation(net, up, kind, len(x), local, tuple(x.shape[1:]), 10, PIXELS, 1, 0, derive_seed(0, "attack", *key))
+    obs = Observation(net, up, kind, len(x), local, tuple(x.shape[1:]), 10, PIXELS, 1, 0,
+                      derive_seed(seed, "attack", *key))
     return obs, masks
 
 
-def model(name: str, params: dict, ds) -> torch.nn.Module:
+def model(name: str, params: dict, ds, seed: int = 0) -> torch.nn.Module:
     with torch.random.fork_rng():
-        torch.manual_seed(derive_seed(0, "bench-model", name))
+        torch.manual_seed(derive_seed(seed, "bench-model", name))
         return build_model(name, params, ds.input_shape, ds.num_classes)
 
 
 class Bench:
     def __init__(self, args):
         self.args = args
+        self.seed = 0
         self.rows: list[dict] = []
-        self.grids: dict[str, list] = {}
         self.console = Console(stderr=True)
 
-    def record(self, setting: dict, method: str, recs: list, truths: list, seconds: float, grid_key: str | None = None):
+    def record(self, setting: dict, method: str, recs: list, truths: list, seconds: float):
         scores = [score(r.images, r.labels, x, y, PIXELS) for r, (x, y) in zip(recs, truths, strict=True)]
         row = {
             **setting,
+            "seed": self.seed,
             "method": method,
             "psnr": float(np.mean([s["psnr"] for s in scores])),
             "ssim": float(np.mean([s["ssim"] for s in scores])),
@@ -120,23 +126,18 @@ class Bench:
             f"p={setting['p']:<4} noise={setting['noise']:<3} {method:10s} {row['psnr']:6.2f} dB "
             f"SSIM {row['ssim']:.3f} labels {row['label_acc']:.2f} ({seconds:.0f} s)"
         )
-        if grid_key is not None:
-            x, _ = truths[0]
-            if grid_key not in self.grids:
-                self.grids[grid_key] = [("true", x)]
-            self.grids[grid_key].append((method, recs[0].images[scores[0]["order"]]))
 
     def dropout(self, name: str, ds):
         a = self.args
         pix = dict(iterations=a.iterations, tv=1e-5, schedule="multistep", early_stop_patience=None, stop_loss=1e-5)
         for kind in a.uploads:
             for batch in (1, 4):
-                cases = victims(ds, batch, a.victims if batch == 1 else 1)
+                cases = victims(ds, batch, a.victims if batch == 1 else 1, self.seed)
                 for p in (0.0, 0.1, 0.25, 0.5):
-                    net = model("mlp", {"hidden": [256, 256], "dropout": p}, ds)
+                    net = model("mlp", {"hidden": [256, 256], "dropout": p}, ds, self.seed)
                     setting = {"dataset": name, "part": "dropout", "upload": kind, "B": batch, "p": p, "noise": 0.0}
-                    grid = f"{name}-dropout" if (kind == "gradient" and batch == 4 and p == 0.25) else None
-                    observed = [upload(net, x, y, kind, 0.0, (name, kind, batch, p, v)) for v, (x, y) in enumerate(cases)]
+                    observed = [upload(net, x, y, kind, 0.0, (name, kind, batch, p, v), self.seed)
+                                for v, (x, y) in enumerate(cases)]
                     methods = [("ig", lambda o, m: InvertingGradients(PixelAttackParams(**pix)).reconstruct(o))]
                     if p > 0:
                         methods += [
@@ -146,7 +147,7 @@ class Bench:
                     for method, attack in methods:
                         start = time.perf_counter()
                         recs = [attack(o, m) for o, m in observed]
-                        self.record(setting, method, recs, cases, time.perf_counter() - start, grid)
+                        self.record(setting, method, recs, cases, time.perf_counter() - start)
 
     def prior(self, name: str, ds):
         a = self.args
@@ -165,64 +166,71 @@ class Bench:
             )
         stages = priors["in"].num_stages
         ig_params = PixelAttackParams(iterations=a.gifd_steps * stages, restarts=2, tv=1e-4)  # GIFD: stages × steps × 2
-        net = model("cnn", {"channels": [4, 8]}, ds)
-        uploads = a.uploads if name == "digits" else ["gradient"]
+        net = model("cnn", {"channels": [4, 8]}, ds, self.seed)
+        uploads = a.uploads if name != "patches" else ["gradient"]
         for kind in uploads:
             for batch in (1, 4):
-                cases = victims(ds, batch, a.victims if batch == 1 else 1)
+                cases = victims(ds, batch, a.victims if batch == 1 else 1, self.seed)
                 for noise in (0.0, 1.0):
                     setting = {"dataset": name, "part": "prior", "upload": kind, "B": batch, "p": 0.0, "noise": noise}
-                    grid = f"{name}-prior" if (kind == "gradient" and batch == 4 and noise == 1.0) else None
-                    observed = [upload(net, x, y, kind, noise, (name, "prior", kind, batch, noise, v))[0] for v, (x, y) in enumerate(cases)]
+                    observed = [upload(net, x, y, kind, noise, (name, "prior", kind, batch, noise, v), self.seed)[0]
+                                for v, (x, y) in enumerate(cases)]
                     start = time.perf_counter()
                     self.record(setting, "ig", [InvertingGradients(ig_params).reconstruct(o) for o in observed], cases,
-                                time.perf_counter() - start, grid)
+                                time.perf_counter() - start)
                     for which, attack in priors.items():
                         start = time.perf_counter()
                         recs = [attack.reconstruct(o) for o in observed]
                         seconds = time.perf_counter() - start
                         latent = [type(r)(r.alternatives["latent"], r.labels, r.info["stage0_loss"]) for r in recs]
-                        self.record(setting, f"{which}: z only", latent, cases, 0.0, grid)
-                        self.record(setting, f"{which}: gifd", recs, cases, seconds, grid)
+                        self.record(setting, f"{which}: z only", latent, cases, 0.0)
+                        self.record(setting, f"{which}: gifd", recs, cases, seconds)
 
-    def table(self) -> Table:
-        t = Table(title="gradient inversion: mean PSNR (dB) / SSIM; baseline = IG on the same uploads")
-        for col in ("dataset", "part", "upload", "B", "p", "noise", "method", "PSNR", "SSIM", "labels", "IG PSNR", "ratio", "Δ dB"):
-            t.add_column(col, justify="right" if col not in ("dataset", "part", "upload", "method") else "left")
-        base = {}
-        for r in self.rows:
-            key = (r["dataset"], r["part"], r["upload"], r["B"], r["p"], r["noise"])
-            if r["method"] == "ig":
-                base[key] = r["psnr"]
-            b = base[key]
-            t.add_row(r["dataset"], r["part"], "fedsgd" if r["upload"] == "gradient" else "fedavg", str(r["B"]),
-                      f"{r['p']:g}", f"{r['noise']:g}", r["method"], f"{r['psnr']:.1f}", f"{r['ssim']:.3f}",
-                      f"{r['label_acc']:.2f}", f"{b:.1f}", f"{r['psnr'] / b:.2f}", f"{r['psnr'] - b:+.1f}")
-        return t
+    def piece_tables(self, rows: list[dict]) -> list[dict]:
+        """Per (setting, method): PSNR and SSIM per seed (each the mean over the setting's victims)."""
+        keys = ("dataset", "part", "upload", "B", "p", "noise", "method")
+        groups: dict[tuple, list[dict]] = {}
+        for r in rows:
+            groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+        return [{**dict(zip(keys, key)), "PSNR per seed": [r["psnr"] for r in g], "mean PSNR": float(np.mean([r["psnr"] for r in g])),
+                 "SSIM per seed": [r["ssim"] for r in g], "label acc": float(np.mean([r["label_acc"] for r in g]))}
+                for key, g in groups.items()]
 
-    def claims(self) -> list[str]:
-        def mean(part, method, **where):
-            vals = [r["psnr"] for r in self.rows if r["part"] == part and r["method"] == method
-                    and all(r[k] == v if not callable(v) else v(r[k]) for k, v in where.items())]
-            return float(np.mean(vals)) if vals else float("nan"), len(vals)
+    def piece_claims(self, rows: list[dict], part: str, seeds: list[int]) -> list[dict]:
+        """Paired over seeds; each seed's value is the mean PSNR over the part's settings."""
+        def per_seed(method, **where):
+            return [float(np.mean([r["psnr"] for r in rows if r["seed"] == s and r["method"] == method
+                                   and all(r[k] == v for k, v in where.items())])) for s in seeds]
 
-        out = []
-        if any(r["part"] == "dropout" for r in self.rows):
+        methods = {r["method"] for r in rows}
+        claims = []
+        if part == "dropout":
             for p in (0.1, 0.25, 0.5):
-                (ig, n), (dia, _), (wiig, _) = (mean("dropout", m, p=p) for m in ("ig", "dia", "wiig"))
-                out.append(f"dropout p={p}: IG {ig:.1f} dB, DIA {dia:.1f} dB, WIIG oracle {wiig:.1f} dB (mean of {n} settings)")
-        if any(r["part"] == "prior" for r in self.rows):
-            for noise in (0.0, 1.0):
-                vals = [mean("prior", m, noise=noise) for m in ("ig", "in: z only", "in: gifd", "ood: z only", "ood: gifd")]
-                out.append(f"noise {noise:g}×RMS: IG {vals[0][0]:.1f}, z-only(in) {vals[1][0]:.1f}, GIFD(in) {vals[2][0]:.1f}, "
-                           f"z-only(ood) {vals[3][0]:.1f}, GIFD(ood) {vals[4][0]:.1f} dB (mean of {vals[0][1]} settings)")
-        return out
+                claims.append(reporting.claim(
+                    f"DIA beats IG on dropout uploads, p={p}", DIA_PAPER, "PSNR (dB)", "dia", "ig",
+                    per_seed("dia", p=p), per_seed("ig", p=p)))
+        else:
+            for which in ("in", "ood"):
+                if f"{which}: gifd" not in methods:
+                    continue
+                for noise in (0.0, 1.0):
+                    claims.append(reporting.claim(
+                        f"GIFD ({which} prior) beats IG, noise {noise:g}x RMS", GIFD_PAPER, "PSNR (dB)",
+                        f"{which}: gifd", "ig", per_seed(f"{which}: gifd", noise=noise), per_seed("ig", noise=noise)))
+                claims.append(reporting.claim(
+                    f"GIFD's feature stages improve on its latent-only stage ({which} prior, noise 1x RMS)", GIFD_PAPER,
+                    "PSNR (dB)", f"{which}: gifd", f"{which}: z only", per_seed(f"{which}: gifd", noise=1.0),
+                    per_seed(f"{which}: z only", noise=1.0)))
+        return claims
+
+
+DIA_PAPER = "DIA (dropout inversion): beats IG by a wide margin when dropout is on"
+GIFD_PAPER = "Fang et al., ICCV 2023 (GIFD): beats IG, in particular on noisy/defended uploads"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", nargs="+", default=["digits", "patches"], choices=["digits", "patches"])
-    ap.add_argument("--parts", nargs="+", default=["dropout", "prior"], choices=["dropout", "prior"])
+    pieces = [f"{d}-{p}" for d in ("digits", "patches") for p in ("dropout", "prior")]
+    ap = reporting.parser(__doc__, pieces)
     ap.add_argument("--uploads", nargs="+", default=["gradient", "update"], choices=["gradient", "update"])
     ap.add_argument("--victims", type=int, default=2, help="single-image victims for B = 1")
     ap.add_argument("--iterations", type=int, default=200, help="IG/DIA/WIIG iterations (dropout part)")
@@ -230,27 +238,31 @@ def main() -> None:
     ap.add_argument("--ood", nargs="*", default=["digits"], help="datasets attacked with an OOD prior too")
     ap.add_argument("--prior-steps", type=int, default=1500)
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "priors")
-    ap.add_argument("--out", type=Path, default=None, help="write results JSON and image grids here")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    settings = {"profile": args.dataset, "uploads": args.uploads, "victims (B=1)": args.victims,
+                "IG/DIA/WIIG iterations": args.iterations, "GIFD steps per stage and restart": args.gifd_steps,
+                "GIFD restarts": 2, "prior steps": args.prior_steps, "OOD prior for": args.ood,
+                "noise": "Gaussian, std = 1 x RMS of each uploaded tensor (noise 1)"}
+    name = reporting.results_name("inversion", args.dataset)
     bench = Bench(args)
-    start = time.perf_counter()
-    for name in args.datasets:
-        ds = load_dataset(name, {}, 0)
-        if "dropout" in args.parts:
-            bench.dropout(name, ds)
-        if "prior" in args.parts:
-            bench.prior(name, ds)
-    console = Console(width=200)
-    console.print(bench.table())
-    for line in bench.claims():
-        console.print(line)
-    console.print(f"total {time.perf_counter() - start:.0f} s; LPIPS: unavailable offline")
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "attacks_results.json").write_text(json.dumps(bench.rows, indent=1))
-        for key, rows in bench.grids.items():
-            save_grid(args.out / f"attacks_{key}.png", rows, PIXELS, key)
+    for piece in args.only or pieces:
+        started = time.time()
+        dataset, part = piece.split("-")
+        if dataset == "digits" and args.dataset != "digits":
+            dataset = args.dataset
+        ds = load_dataset(dataset, {}, 0)
+        first = len(bench.rows)
+        for seed in args.seeds:
+            bench.seed = seed
+            getattr(bench, part)(dataset, ds)
+        rows = bench.rows[first:]
+        claims = bench.piece_claims(rows, part, args.seeds)
+        path = reporting.write(name, settings=settings, seeds=args.seeds, tables={piece: bench.piece_tables(rows)},
+                               claims=claims, started=started, piece=piece)
+        for c in claims:
+            print(f"  {c['claim']}: {c['verdict']}")
+        print(f"wrote {path} ({time.time() - started:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

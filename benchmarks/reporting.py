@@ -7,17 +7,21 @@ never typed. A claim row carries a verdict computed from per-seed values by :fun
 File layout::
 
     {"name", "created", "commit", "dirty", "versions": {...}, "settings": {...},
-     "seeds": [...], "wall_seconds", "tables": {table: [row, ...]},
+     "command", "rule", "seeds": [...], "wall_seconds", "tables": {table: [row, ...]},
+     "pieces": {piece: {"created", "commit", "dirty", "seeds", "wall_seconds", "command", "tables"}},
      "claims": [{"claim", "paper", "metric", "ours", "baseline", "higher_is_better",
                  "values", "baseline_values", "diffs", "rule", "verdict"}, ...]}
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 import tempfile
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -96,28 +100,103 @@ def claim(text: str, paper: str, metric: str, ours: str, baseline: str, values, 
 
 
 def write(name: str, *, settings: dict, seeds: list[int], tables: dict[str, list[dict]],
-          claims: list[dict] | None = None, started: float | None = None) -> Path:
-    """Write ``benchmarks/results/<name>.json`` atomically and return its path."""
+          claims: list[dict] | None = None, started: float | None = None, piece: str | None = None) -> Path:
+    """Write ``benchmarks/results/<name>.json`` atomically and return its path.
+
+    With ``piece`` (a benchmark run piecewise with ``--only``), the tables and claims of this
+    piece replace the file's earlier ones of the same piece and the other pieces are kept;
+    ``pieces`` records each piece's commit, time, seeds, wall time and command.
+    """
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    new_tables = set(tables)
+    commit = _git("rev-parse", "HEAD")
+    dirty = bool(_git("status", "--porcelain", "--", "fedsim", "strategies", "attacks", "defenses"))
+    wall = None if started is None else round(time.time() - started, 1)
+    claims = [{**c, "piece": piece} if piece else c for c in (claims or [])]
+    pieces = {}
+    path = RESULTS / f"{name}.json"
+    if piece is not None:
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old.get("settings") == settings:  # same profile: keep the other pieces
+                pieces = {k: v for k, v in old.get("pieces", {}).items() if k != piece}
+                kept = {t for v in pieces.values() for t in v["tables"]}
+                tables = {**{k: v for k, v in old["tables"].items() if k in kept and k not in tables}, **tables}
+                claims = [c for c in old["claims"] if c.get("piece") in pieces] + claims
+        pieces[piece] = {"created": now, "commit": commit, "dirty": dirty, "seeds": list(seeds),
+                         "wall_seconds": wall, "command": command(), "tables": sorted(new_tables)}
     record = {
         "name": name,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "commit": _git("rev-parse", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--", "fedsim", "strategies", "attacks", "defenses")),
+        "created": now,
+        "commit": commit,
+        "dirty": dirty or any(v["dirty"] for v in pieces.values()),
         "versions": versions(),
+        "command": command(),
         "settings": settings,
         "seeds": list(seeds),
-        "wall_seconds": None if started is None else round(time.time() - started, 1),
+        "wall_seconds": sum(v["wall_seconds"] or 0 for v in pieces.values()) if pieces else wall,
+        "rule": RULE,
         "tables": tables,
-        "claims": claims or [],
+        "claims": claims,
     }
+    if pieces:
+        record["pieces"] = dict(sorted(pieces.items()))
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
     fd, tmp = tempfile.mkstemp(dir=RESULTS, prefix=f".{name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
         json.dump(record, fh, indent=1, default=float)
         fh.write("\n")
     os.replace(tmp, path)
     return path
+
+
+def command() -> str:
+    """The command line that made this file, relative to the repository root."""
+    script = Path(sys.argv[0])
+    try:
+        script = script.resolve().relative_to(RESULTS.parent.parent)
+    except ValueError:
+        pass
+    return " ".join(["python", str(script), *(shlex.quote(a) for a in sys.argv[1:])])
+
+
+# ---------------------------------------------------------------- benchmark profiles
+
+# The fast profile is the benchmark's own scenarios (scikit-learn digits, 8x8). The
+# fashion_mnist profile swaps in Fashion-MNIST (fedsim's ``fashion_mnist`` dataset,
+# Debian's dataset-fashion-mnist files) and the LeNet-5-style ``cnn``; everything else
+# (clients, partition, rounds, rates) stays the benchmark's.
+PROFILES = {
+    "digits": {},
+    "fashion_mnist": {"dataset": {"name": "fashion_mnist"}, "model": {"name": "cnn"}},
+}
+
+
+def parser(doc: str, pieces: list[str] | None = None) -> argparse.ArgumentParser:
+    """The common options: ``--seeds`` (default 3 seeds), ``--dataset`` (profile) and, for a
+    benchmark made of pieces, ``--only`` (run and write those pieces only)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (paired across methods)")
+    ap.add_argument("--dataset", choices=list(PROFILES), default="digits", help="profile (results file suffix)")
+    if pieces:
+        ap.add_argument("--only", nargs="+", choices=pieces, default=None, help="run only these pieces")
+    return ap
+
+
+def results_name(name: str, dataset: str) -> str:
+    """``<name>`` for the digits profile, ``<name>_<dataset>`` for another."""
+    return name if dataset == "digits" else f"{name}_{dataset}"
+
+
+def profile(dataset: str) -> dict:
+    """Scenario overrides of a profile (a copy)."""
+    return json.loads(json.dumps(PROFILES[dataset]))
+
+
+def spread(values) -> dict:
+    """Per-seed values with their mean and sample standard deviation."""
+    v = np.asarray(values, float)
+    return {"values": v.tolist(), "mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0}
 
 
 def read(name: str) -> dict:

@@ -10,7 +10,9 @@ Client mod (after the strategy's local training, on the client):
     Δ̃_k = Δ_k · min(1, C / ‖Δ_k‖₂)                    (Alg. 1 "flat clipping")
     noise: client — Δ̃_k += N(0, (z_Δ C)²/m)          (distributed noise; the m noises sum to
                                                        the central noise, given secure aggregation)
-    adaptive clipping — also reports b_k = 1[‖Δ_k‖₂ ≤ C]
+    adaptive clipping — also reports the centred bit b_k − 1/2, b_k = 1[‖Δ_k‖₂ ≤ C]
+                        (Andrew et al. 2021, Sec. 3 / Thm 1: |b_k − 1/2| = 1/2, so adding or
+                        removing a client moves the noised sum by 1/2, not 1)
 
 Server wrapper (around ``fedavg`` or ``fedprox``; the wrapped strategy's aggregation is replaced):
 
@@ -21,9 +23,11 @@ Server wrapper (around ``fedavg`` or ``fedprox``; the wrapped strategy's aggrega
             estimator f̃_f; uniform weights, as example weights would change the sensitivity)
             or W = m, and σ = z_Δ·C/W (noise: server)
     adaptive (Andrew, Thakkar, McMahan, Ramaswamy, NeurIPS 2021, arXiv 1905.03871, Alg. 1):
-            b̄ = (Σ_k b_k + N(0, σ_b²)) / W;  C ← C · exp(−η_C (b̄ − γ)),
+            b̄ = (Σ_k (b_k − 1/2) + N(0, σ_b²)) / W + 1/2;  C ← C · exp(−η_C (b̄ − γ)),
             with z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2) so that the round stays a Gaussian mechanism
-            of multiplier z (their Thm 1); σ_b defaults to m/20 (their recommendation).
+            of multiplier z (their Thm 1: the bits' sum has sensitivity 1/2, so its noise
+            multiplier is 2σ_b); σ_b defaults to m/20 (their recommendation). With the raw
+            bit (sensitivity 1 under add/remove) the split would need σ_b in place of 2σ_b.
 
 ``noise_multiplier`` z is given, or calibrated from ``target_epsilon`` over the scenario's
 rounds (``fedsim.privacy.calibrate_noise_multiplier``). ε at ``delta`` is recorded every
@@ -52,6 +56,7 @@ registry.add_kind("defense")
 
 CLIP = "dp.clip"  # config keys the wrapper sets for the client mod
 CLIENT_STD = "dp.client-noise-std"
+CENTRED_BIT = "dp_unclipped_centred"  # b_k − 1/2, the client's adaptive-clipping report
 
 
 class DPParams(Params):
@@ -93,7 +98,7 @@ def dp_mod(instruction: RecordDict, reply: RecordDict, env: ClientEnv) -> Record
         delta = delta + std * torch.randn(delta.shape, generator=gen, dtype=delta.dtype)
     reply["arrays"] = unflatten(x + delta, sent)
     reply["metrics"]["dp_norm"] = norm
-    reply["metrics"]["dp_unclipped"] = float(norm <= clip)
+    reply["metrics"][CENTRED_BIT] = float(norm <= clip) - 0.5
     return reply
 
 
@@ -165,16 +170,18 @@ class DPFedAvg(Checkpointable):
         if ok:
             ms = [r.content["metrics"] for r in ok]
             metrics["train_loss"] = float(np.mean([m["train_loss"] for m in ms]))
-            metrics["clipped_fraction"] = 1.0 - float(np.mean([m["dp_unclipped"] for m in ms]))
+            metrics["clipped_fraction"] = 0.5 - float(np.mean([m[CENTRED_BIT] for m in ms]))
         if self.params.adaptive:
-            self.clip = self.adapted_clip(server_round, [r.content["metrics"]["dp_unclipped"] for r in ok])
+            self.clip = self.adapted_clip(server_round, [r.content["metrics"][CENTRED_BIT] for r in ok])
         return new, metrics
 
-    def adapted_clip(self, server_round: int, unclipped: list[float]) -> float:
-        """C ← C·exp(−η_C(b̄ − γ)), b̄ the noisy fraction of unclipped updates (Andrew et al. Alg. 1)."""
+    def adapted_clip(self, server_round: int, centred: list[float]) -> float:
+        """C ← C·exp(−η_C(b̄ − γ)), b̄ = (Σ(b_k − 1/2) + N(0, σ_b²))/W + 1/2 the noisy fraction
+        of unclipped updates (Andrew et al. Alg. 1 with their centred bits, Thm 1)."""
         gen = torch_generator(self.seed, server_round, "dp-clip-count")
-        noisy = sum(unclipped) + self.sigma_b * float(torch.randn((), generator=gen, dtype=torch.float64))
-        return self.clip * math.exp(-self.params.clip_lr * (noisy / self.expected - self.params.target_quantile))
+        noisy = sum(centred) + self.sigma_b * float(torch.randn((), generator=gen, dtype=torch.float64))
+        fraction = noisy / self.expected + 0.5
+        return self.clip * math.exp(-self.params.clip_lr * (fraction - self.params.target_quantile))
 
     def epsilon(self, rounds: int) -> float:
         p = self.params

@@ -34,7 +34,11 @@ Evaluation is personalised (§4.2): each client holds out a seeded ``test_fracti
 partition (fixed for the run, drawn from (seed, client)) that it never trains on, and
 evaluates g(f(·; h(v_i; φ)); ϕ_i) on it with the just-aggregated φ; the scenario must set
 ``evaluation.federated: true`` and the run's headline is ``fed_acc`` (the example-weighted
-mean over clients). There is no global predictor, so the central test evaluation is
+mean over clients). ``fed_acc`` is *not* the accuracy the paper reports: the paper (the
+official code's ``acc2``) evaluates each sampled client's model right after its local
+training, before aggregation; fedsim reports that too, as ``local_acc`` (Σ correct / Σ
+tested over the round's trained clients, on the same held-out splits). The two differ by
+what aggregation does to a client's φ_i. There is no global predictor, so the central test evaluation is
 skipped (``test_acc`` stays empty): the strategy says ``personalized = True`` and
 ``FederatedLoop.round`` honours it.
 
@@ -66,6 +70,7 @@ from fedsim.strategies.stateful import record_vector, save_state
 
 V_KEY = "hyperfl.v"  # the client's embedding v_i (Context.state)
 HEAD_KEY = "hyperfl.head"  # the client's classifier head ϕ_i, flat [weight, bias]
+LOCAL_CORRECT, LOCAL_TESTED = "local_correct", "local_tested"  # acc2 counters of a train reply
 
 
 # ------------------------------------------------------------------------- models
@@ -291,8 +296,20 @@ def hyperfl_train(content: RecordDict, env: ClientEnv) -> RecordDict:
     head_loss = train_head(net, v, head, x, y, head_batches, lr=p.lr_head, **common)
     loss = train_hyper(net, v, head, x, y, hyper_batches, lr=p.lr_hyper, max_grad_norm=p.max_grad_norm, **common)
     state_bytes = save_state(env, V_KEY, v.detach()) + save_state(env, HEAD_KEY, head.detach())
-    metrics = {"train_loss": loss, "head_loss": head_loss, "state_bytes": float(state_bytes), "num-examples": len(x)}
+    correct, tested = local_test(net, v, head, env, p)
+    metrics = {"train_loss": loss, "head_loss": head_loss, "state_bytes": float(state_bytes), "num-examples": len(x),
+               LOCAL_CORRECT: correct, LOCAL_TESTED: tested}
     return RecordDict({"arrays": to_record(net.state_dict()), "metrics": MetricRecord(metrics)})
+
+
+def local_test(net: HyperNetwork, v, head, env: ClientEnv, p: "HyperFLStrategyParams") -> tuple[float, float]:
+    """(correct, tested) of the client's personal model right after its local training, before the
+    server aggregates φ: the paper's reported accuracy (the official code's ``acc2``)."""
+    _, test_idx = local_split(len(env.x), p.test_fraction, env.scenario.seed, env.partition_id)
+    net.eval()
+    with torch.no_grad():
+        logits = personalised_logits(net, v, head, env.x[test_idx], env.num_classes)
+    return float((logits.argmax(1) == env.y[test_idx]).sum()), float(len(test_idx))
 
 
 def hyperfl_evaluate(content: RecordDict, env: ClientEnv) -> RecordDict:
@@ -381,6 +398,22 @@ class HyperFL(FedAvg):
     """
 
     personalized = True
+
+    def aggregate_train(self, server_round, replies):
+        """FedAvg's mean of φ; ``local_acc`` = Σ correct / Σ tested over the clients' replies
+        (their models after local training, before this aggregation; example-weighted like
+        ``fed_acc``), in place of the per-client counters' meaningless weighted means."""
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if metrics is None:
+            return arrays, metrics
+        counts = [r.content["metrics"] for r in replies if not r.has_error()]
+        counts = [(m[LOCAL_CORRECT], m[LOCAL_TESTED]) for m in counts if LOCAL_TESTED in m]
+        for key in (LOCAL_CORRECT, LOCAL_TESTED):
+            metrics.pop(key, None)
+        tested = sum(t for _, t in counts)
+        if tested:
+            metrics["local_acc"] = sum(c for c, _ in counts) / tested
+        return arrays, metrics
 
 
 class HyperFLStrategyParams(FedAvgParams):

@@ -29,7 +29,7 @@ from typing import Literal
 
 import dp_accounting as dpa
 from dp_accounting import pld, rdp
-from scipy import optimize, stats
+from scipy import optimize, special, stats
 
 # dp-accounting logs a warning for every fractional Rényi order whose series does not
 # converge (it then leaves that order out, which keeps the bound valid)
@@ -303,3 +303,62 @@ def gdp_epsilon(mu: float, delta: float) -> float:
         if hi > 1e4:
             return math.inf
     return float(optimize.brentq(lambda e: gdp_delta(mu, e) - delta, 0.0, hi, xtol=1e-6))
+
+
+def _exp_times(eps: float, mass: float) -> float:
+    """e^ε·mass without overflow (inf when it exceeds a float)."""
+    if mass <= 0:
+        return 0.0
+    log = eps + math.log(mass)
+    return math.inf if log > 709 else math.exp(log)
+
+
+def gaussian_pair_delta(eps: float, mean0: float, std0: float, mean1: float, std1: float) -> float:
+    """Hockey-stick divergence sup_S P(S) − e^ε Q(S) of P = N(mean0, std0²) and
+    Q = N(mean1, std1²), in closed form: S = {x: log p(x) − log q(x) > ε} is where a
+    quadratic a·x² + b·x + c is positive (an interval, its complement, a half-line or
+    empty), and δ = P(S) − e^ε Q(S)."""
+    a = 1 / (2 * std1**2) - 1 / (2 * std0**2)
+    b = mean0 / std0**2 - mean1 / std1**2
+    c = mean1**2 / (2 * std1**2) - mean0**2 / (2 * std0**2) + math.log(std1 / std0) - eps
+    p, q = (mean0, std0), (mean1, std1)
+
+    def mass(dist, lo, hi):  # N(mean, std²)((lo, hi)), from the nearer tail to avoid cancellation
+        mean, std = dist
+        lo, hi = (lo - mean) / std, (hi - mean) / std
+        return max(0.0, float(special.ndtr(hi) - special.ndtr(lo)) if hi <= 0 else float(special.ndtr(-lo) - special.ndtr(-hi)))
+
+    if abs(a) < 1e-12 * max(abs(b), 1e-300):  # equal variances: a half-line
+        if b == 0:
+            return max(0.0, 1.0 - math.exp(eps)) if c > 0 else 0.0
+        x0 = -c / b
+        lo, hi = (x0, math.inf) if b > 0 else (-math.inf, x0)
+        return max(0.0, mass(p, lo, hi) - _exp_times(eps, mass(q, lo, hi)))
+    disc = b * b - 4 * a * c
+    if disc <= 0:  # the quadratic keeps the sign of a
+        return max(0.0, 1.0 - math.exp(eps)) if a > 0 else 0.0
+    r1, r2 = sorted(((-b - math.sqrt(disc)) / (2 * a), (-b + math.sqrt(disc)) / (2 * a)))
+    if a < 0:  # positive between the roots
+        return max(0.0, mass(p, r1, r2) - _exp_times(eps, mass(q, r1, r2)))
+    outside = lambda d: mass(d, -math.inf, r1) + mass(d, r2, math.inf)  # noqa: E731
+    return max(0.0, outside(p) - _exp_times(eps, outside(q)))
+
+
+def gaussian_pair_epsilon(delta: float, mean0: float, std0: float, mean1: float, std1: float) -> float:
+    """The smallest ε ≥ 0 at which N(mean0, std0²) and N(mean1, std1²) are (ε, δ)-indistinguishable
+    in both directions (the ε of Andrew et al., ICLR 2024, Alg. 1, for the null N(0, 1/d) and the
+    canary cosines' N(μ̂, σ̂²)); inf past ε = 1e4."""
+
+    def excess(e: float) -> float:
+        return max(gaussian_pair_delta(e, mean0, std0, mean1, std1),
+                   gaussian_pair_delta(e, mean1, std1, mean0, std0)) - delta
+
+    if excess(0.0) <= 0:
+        return 0.0
+    hi = 1.0
+    while excess(hi) > 0:
+        hi *= 2
+        if hi > 1e4:
+            return math.inf
+    return float(optimize.brentq(excess, 0.0, hi, xtol=1e-6))
+

@@ -25,7 +25,10 @@ Code variant (``variant: code``; woodenchild95/FL-Simulator ``client/fedspeed.py
 ``server/FedSpeed.py``, ``optimizer/ESAM.py``):
 
     local step:  e = ρ·g1/(‖g1‖ + ε), gradient g2 only (α = 1),
-                 w ← w − η_l·clip₁₀(g2 + lamb·(w − x + h_i) + wd·w)
+                 w ← w − η_l·(clip₁₀(g2 + lamb·(h_i − x)) + (wd + lamb)·w)
+                 (``client/fedspeed.py`` sets p.grad = g2 + lamb·(h_i − x), clips it, and
+                 the SGD step's weight decay wd + lamb adds the lamb·w of the prox term
+                 after clipping, unclipped)
     h_i ← h_i + (x_{i,K} − x);  send x_{i,K}
     server:  x ← (1/|P_t|) Σ_{i∈P_t} x_{i,K} + (1/N) Σ_{all i} h_i     # FedDyn-style
 
@@ -33,8 +36,9 @@ Differences (paper → code): the dual enters the global model averaged over **a
 clients, not over the participants' x̂ (the author's answers in FL-Simulator issues #6
 and #11: FedDyn's dual averaging merged with the perturbation; #8: with participants-only
 duals the global lr and prox coefficient must be decayed); the ascent step is
-normalised; the quasi-gradient is the perturbed gradient alone (α = 1); gradients are
-clipped to norm 10 after the correction. The code keeps every h_i on the server
+normalised; the quasi-gradient is the perturbed gradient alone (α = 1); the gradient plus
+the prox term's constant part lamb·(h_i − x) is clipped to norm 10 and lamb·w is folded into
+the weight decay (outside the clip; the two orders differ whenever clipping binds). The code keeps every h_i on the server
 (O(N·d)) and sends h_i − x down with x; here h_i stays on its client and the server
 keeps only the running mean (1/N)Σ h_i, which it can update from the returned models
 (h_i grows by x_{i,K} − x): the same iterates with O(d) server memory and d down, d up.
@@ -65,6 +69,7 @@ from fedsim.strategies.fedavg import FedAvg, FedAvgParams, sampling_kwargs
 from fedsim.strategies.fedsam import sam_direction, stacked_sam_direction
 from fedsim.strategies.stateful import (
     StateReport,
+    add_to_grads,
     check_parameters_only,
     client_minibatches,
     load_state,
@@ -100,13 +105,23 @@ def local_update(
     max_grad_norm: float | None = None,
     weight_decay: float = 0.0,
     momentum: float = 0.0,
+    fold_prox_into_decay: bool = False,
 ) -> tuple[float, int]:
     """FedSpeed's K local steps from the model's current weights x (Alg. 1 lines 6-11).
 
     Gradient = quasi-gradient + lamb·(w − x + h), i.e. g̃ − ĝ_i + (1/λ)(w − x) with
     h = −λ ĝ_i. With ρ = 0 and lamb = 0 this is plain SGD, step for step.
+
+    ``fold_prox_into_decay`` (the code variant) splits the prox term as FL-Simulator does:
+    ``max_grad_norm`` clips g̃ + lamb·(h − x) only, and lamb·w joins the weight decay,
+    added after clipping. Without clipping both splits give the same step.
     """
     x = model_vector(model)
+    if fold_prox_into_decay:
+        correction = add_to_grads(h - x, scale=lamb)
+        weight_decay = weight_decay + lamb
+    else:
+        correction = prox_correction(x, lamb, offset=lamb * h)
     return local_descent(
         model,
         minibatches,
@@ -114,7 +129,7 @@ def local_update(
         weight_decay=weight_decay,
         momentum=momentum,
         direction=sam_direction(rho, alpha, sam_normalize),
-        correction=prox_correction(x, lamb, offset=lamb * h),
+        correction=correction,
         max_grad_norm=max_grad_norm,
     )
 
@@ -154,6 +169,7 @@ def fedspeed_train(content: RecordDict, env: ClientEnv) -> RecordDict:
         lamb=float(cfg["lamb"]),
         sam_normalize=bool(cfg["sam-normalize"]),
         max_grad_norm=max_norm if max_norm > 0 else None,
+        fold_prox_into_decay=cfg["variant"] == "code",
         **sgd_options(env),
     )
     x_local = model_vector(model)

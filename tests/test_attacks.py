@@ -119,12 +119,14 @@ def test_eavesdropper_hands_the_attack_only_what_the_server_received(tiny, strat
     assert len(calls) == 2
     setup = prepare(res.scenario)
     truth = GroundTruth(res.scenario, setup.dataset.x_train, setup.dataset.y_train, setup.partitions)
+    zero_share = []  # the spy answers label 0 for every image: label accuracy = share of true 0s
     for (args, kwargs), client_id in zip(calls, [1, 3]):
         assert kwargs == {} and len(args) == 1
         (obs,) = args
         assert type(obs) is Observation and (obs.round, obs.client) == (2, client_id)
         # the upload is the client's real one: recomputing it from the ground truth agrees
         x, y = truth.examples(2, client_id, obs.kind)
+        zero_share.append(min(int((y == 0).sum()), len(y) if obs.kind == "gradient" else 2) / len(y))
         params = {n: p.detach().requires_grad_() for n, p in obs.model.named_parameters()}
         expected = compute_upload(obs.model, params, x, y, obs.kind, obs.local)
         for name, value in obs.upload.items():
@@ -135,7 +137,8 @@ def test_eavesdropper_hands_the_attack_only_what_the_server_received(tiny, strat
             if isinstance(value, torch.Tensor):
                 assert value.shape != x.shape
     row = res.metrics.iloc[1]
-    assert row["attack_label_acc"] >= 0 and np.isfinite(row["attack_psnr"])
+    assert row["attack_label_acc"] == pytest.approx(np.mean(zero_share))  # multiset ∩ / |true|, by hand
+    assert np.isfinite(row["attack_psnr"])
     assert np.isnan(res.metrics.iloc[0].get("attack_psnr", np.nan))  # round 1 not attacked
     assert len((res.run_dir / "attack.jsonl").read_text().splitlines()) == 2
     assert (res.run_dir / "attack_spy_for_tests_round2.png").stat().st_size > 500

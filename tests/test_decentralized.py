@@ -27,6 +27,7 @@ from fedsim.world.topology import (
     uniform,
 )
 from fedsim.world.base import Fleet
+from fedsim.strategies import modest
 from fedsim.strategies.modest import ACTIVE, LEFT, SUSPECT, bump, merge, sample_order
 
 
@@ -258,7 +259,14 @@ def test_modest_byte_counters_are_whole_models_and_views(tmp_path):
     model = ArrayRecord(res.model.state_dict()).count_bytes()
     view = ArrayRecord({"view": Array(np.zeros(10, dtype=np.int64))}).count_bytes()
     m = res.metrics
-    assert (m["bytes_model"] % model == 0).all() and (m["bytes_view"] % view == 0).all()
+    # by hand, no churn, s = 4, one aggregator, R = 3: each round carries s TRAIN models (aggregator
+    # to the sample) and s AGGREGATE models (trainers to the next aggregator), each with a view;
+    # the aggregator pings the s sampled nodes and each trainer pings its aggregator, a ping and
+    # a pong of PING_BYTES each: 2·s·R models and views, 2·(s + s)·R ping messages
+    s, rounds = 4, 3
+    assert m["bytes_model"].sum() == 2 * s * rounds * model
+    assert m["bytes_view"].sum() == 2 * s * rounds * view
+    assert m["bytes_ping"].sum() == 2 * (s + s) * rounds * modest.PING_BYTES
     assert (m["bytes_model"] // model == m["bytes_view"] // view).all()  # a view rides on every model
     assert (m["bytes_up"] == m[["bytes_model", "bytes_view", "bytes_ping"]].sum(axis=1)).all()
 

@@ -64,6 +64,45 @@ def test_fedspeed_local_update_adds_the_prox_correction_term():
     torch.testing.assert_close(model_vector(model), w0 - 0.1 * (g + 0.5 * h), rtol=0, atol=1e-6)
 
 
+def test_fedspeed_code_variant_clips_like_fl_simulator_where_clipping_binds():
+    """FL-Simulator client/fedspeed.py: p.grad = g2 + lamb·(h − x); clip_grad_norm(·, 10);
+    SGD with weight_decay = wd + lamb, so (wd + lamb)·w is added after clipping, unclipped.
+    At ‖x‖ ≈ 100 with lamb 0.1 the unclipped lamb·x alone has norm ≈ 10: clipping binds and
+    clipping lamb·(w − x + h) + g2 (then adding wd·w) gives another step."""
+    model, x, y = _mlp_and_data()
+    with torch.no_grad():
+        scale = 100.0 / model_vector(model).norm()
+        for p in model.parameters():
+            p.mul_(scale)
+    w0 = model_vector(model)
+    assert w0.norm().item() == pytest.approx(100.0, rel=1e-5)
+    gradient(model, (x, y))
+    g = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    h = 5.0 * torch.randn(w0.numel(), generator=torch.Generator().manual_seed(1))
+    lr, lamb, wd = 0.1, 0.1, 1e-3
+    clipped = g + lamb * (h - w0)
+    assert clipped.norm() > 10  # clipping binds
+    clipped = clipped * (10.0 / clipped.norm())
+    expected = w0 - lr * (clipped + (wd + lamb) * w0)
+    old_rule = g + lamb * h  # fedsim before the fix: clip(g2 + lamb·(w − x + h)) + wd·w, w = x
+    old_step = w0 - lr * (old_rule * min(1.0, 10.0 / old_rule.norm().item()) + wd * w0)
+    assert (old_step - expected).abs().max() > 0.05  # 1000x the tolerance: the test tells the rules apart
+    fedspeed.local_update(model, [(x, y)], h, lr=lr, rho=0.0, alpha=1.0, lamb=lamb, sam_normalize=True,
+                          max_grad_norm=10.0, weight_decay=wd, fold_prox_into_decay=True)
+    torch.testing.assert_close(model_vector(model), expected, rtol=0, atol=1e-4)
+
+
+def test_fedspeed_prox_split_changes_nothing_without_clipping():
+    steps = []
+    for fold in (False, True):
+        model, x, y = _mlp_and_data()
+        h = torch.randn(model_vector(model).numel(), generator=torch.Generator().manual_seed(2))
+        fedspeed.local_update(model, [(x[:20], y[:20]), (x[20:], y[20:])], h, lr=0.1, rho=0.05, alpha=1.0,
+                              lamb=0.3, sam_normalize=True, weight_decay=1e-3, fold_prox_into_decay=fold)
+        steps.append(model_vector(model))
+    torch.testing.assert_close(steps[0], steps[1], rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("rho", [0.05, 2.0])
 def test_sam_perturbation_has_norm_rho(rho):
     grads = [torch.randn(3, 4), torch.randn(7), torch.randn(2, 2, 2)]

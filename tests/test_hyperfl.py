@@ -304,3 +304,16 @@ def test_ig_on_an_informed_hyperfl_upload_beats_a_random_image(attacked):
     noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(0))
     random_psnr = score(noise, y, x, y, (0.0, 1.0))["psnr"]
     assert r["psnr"] > random_psnr + 6, (r["psnr"], random_psnr)  # 17.7 vs 4.6 dB at seed 3
+
+
+def test_local_acc_is_the_paper_metric_before_aggregation(scenario):
+    """``local_acc`` (the official code's ``acc2``) is read before aggregation, ``fed_acc`` after.
+    With one client the aggregate of φ is that client's φ_i, so the two coincide exactly; with
+    several clients averaging changes every φ_i and they differ."""
+    scenario.update(rounds=3)
+    several = fedsim.run(scenario).metrics
+    assert several["local_acc"].notna().all() and "local_correct" not in several
+    assert (several["local_acc"] - several["fed_acc"]).abs().max() > 1e-3
+    one = fedsim.run(dict(scenario, num_clients=1)).metrics
+    # eval_acc travels as float32: equal to 1e-6, far below one example (1/287)
+    assert one["local_acc"].tolist() == pytest.approx(one["fed_acc"].tolist(), abs=1e-6)

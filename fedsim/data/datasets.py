@@ -1,5 +1,5 @@
 """Datasets: the embedded scikit-learn digits and diabetes (regression), LEAF synthetic,
-MNIST, CIFAR-10 and any Hugging Face / parquet / CSV dataset loaded through flwr-datasets.
+MNIST, Fashion-MNIST, CIFAR-10 and any Hugging Face / parquet / CSV dataset loaded through flwr-datasets.
 
 Every dataset is registered as a ``dataset`` component whose factory takes
 ``(params, seed)`` and returns a :class:`Dataset` of numpy arrays. Runs load datasets
@@ -285,6 +285,40 @@ def _mnist_split(directory: Path, prefix: str, limit: int | None):
 def mnist(params: FileDatasetParams, seed: int) -> Dataset:
     """MNIST from the four original IDX files (optionally .gz) in directory ``path``."""
     directory = Path(params.path).expanduser()
+    x_train, y_train = _mnist_split(directory, "train", params.limit_train)
+    x_test, y_test = _mnist_split(directory, "t10k", params.limit_test)
+    return _finish(x_train, y_train, x_test, y_test, num_classes=10)
+
+
+# -------------------------------------------------------------------- fashion-mnist
+
+
+# Where Debian's dataset-fashion-mnist package installs the four gzipped IDX files
+# (`dpkg -L dataset-fashion-mnist`).
+FASHION_MNIST_DEBIAN_PATH = "/usr/share/datasets/fashion-mnist"
+
+
+class FashionMNISTParams(Params):
+    path: str = FASHION_MNIST_DEBIAN_PATH
+    limit_train: int | None = Field(None, ge=1)
+    limit_test: int | None = Field(None, ge=1)
+
+
+@register("dataset", "fashion_mnist", params=FashionMNISTParams)
+def fashion_mnist(params: FashionMNISTParams, seed: int) -> Dataset:
+    """Fashion-MNIST (Xiao et al. 2017, arXiv:1708.07747): 70,000 28x28 grey images of
+    10 clothing classes in MNIST's IDX layout (60,000 train, 10,000 test), read from the
+    four IDX files (optionally .gz) in ``path``, by default where Debian's
+    ``dataset-fashion-mnist`` package installs them."""
+    directory = Path(params.path).expanduser()
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"Fashion-MNIST: no directory {directory}. Install Debian's package "
+            f"(`apt-get install dataset-fashion-mnist`, files in {FASHION_MNIST_DEBIAN_PATH}) or put "
+            "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
+            "t10k-labels-idx1-ubyte (optionally .gz, from https://github.com/zalandoresearch/fashion-mnist) "
+            "in a directory and give it as the dataset's `path`"
+        )
     x_train, y_train = _mnist_split(directory, "train", params.limit_train)
     x_test, y_test = _mnist_split(directory, "t10k", params.limit_test)
     return _finish(x_train, y_train, x_test, y_test, num_classes=10)
