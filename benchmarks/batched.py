@@ -144,9 +144,10 @@ def render_ray(record: dict) -> str:
     if min(loads) > s["cpus"]:
         lines += ["", f"The machine was oversubscribed throughout (1-minute load {min(loads):.1f} to {max(loads):.1f} "
                   f"on {s['cpus']} cores, other sessions' work)"
-                  + ("; with Linux's per-session fair share (`sched_autogroup_enabled` = 1) this session then "
-                     "gets about the same CPU time with one process as with two workers, so the ratio measures "
-                     "the scheduler more than the runtime" if s.get("sched_autogroup") else "") + "."]
+                  + ("; Linux's per-session fair share (`sched_autogroup_enabled` = 1) then gives this session "
+                     "about the same CPU time with one process as with two workers" if s.get("sched_autogroup") else "")
+                  + ". Where the probe is near 1, no runtime can meet the target; where it is lower, the gap "
+                  "between the probe and the ray ratio is the Ray path's own cost (not measured separately)."]
     return "\n".join(lines)
 
 
