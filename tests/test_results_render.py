@@ -16,7 +16,7 @@ def test_rendered_file_matches_its_results(path):
 
 
 def test_no_page_without_a_results_file():
-    assert [p for p in render.PAGES.glob("*.md") if not (render.RESULTS / f"{p.stem}.json").exists()] == []
+    assert [p for p in render.PAGES.glob("*.md") if p.stem != "claims" and not (render.RESULTS / f"{p.stem}.json").exists()] == []
 
 
 def test_verdicts_are_computed_from_the_values():
