@@ -122,7 +122,7 @@ def attack_scenario(sc: dict, metrics, attack: str, iterations: int) -> dict | N
     """One round on 30 clients that all train one SGD step on one example; the server
     inverts client 0's upload. DP rows keep the accuracy run's noise multiplier. HyperFL:
     phase 1 skipped, one phase-2 step, and an informed server (it holds the target's v_i
-    and ϕ_i, privacy.md §6.3 (b))."""
+    and ϕ_i: the informed attacker)."""
     name = sc["strategy"]["name"]
     if name not in ("fedavg", "fedprox", "hyperfl"):
         return None

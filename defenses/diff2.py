@@ -6,7 +6,7 @@ Setting: P clients, client p holds n_p examples, n = min_p n_p; sample-level DP
 (neighbouring datasets differ in one example), a **trusted server** that adds the noise;
 full-batch client statistics with per-sample L2 clipping; every client takes part in
 every round. With restart interval T, anchor clip C1, difference clip ratio C2, step η
-(privacy.md §3.1, DIFF2-GD):
+(Murata & Suzuki 2023, DIFF2-GD):
 
     x_prev = x = x_0
     round r = 0..R-1 (fedsim's server round r + 1):
@@ -41,7 +41,7 @@ Choices of this implementation:
 - The model must have no buffers (its state is its parameter vector).
 
 Not implemented: DIFF2-BVR-L-SGD (the bias-variance-reduced local-SGD routine of the
-paper; its pseudo-code is unverified, privacy.md §3.1). Hyperparameter tuning is not
+paper; its pseudo-code is not checked against released code). Hyperparameter tuning is not
 privacy-accounted, as in the paper.
 """
 

@@ -1,7 +1,7 @@
 """HyperFL (Guo, Liang, Wang, Zhu, Shao, "A New Federated Learning Framework Against
 Gradient Inversion Attacks", AAAI 2025): clients share a hypernetwork, never the model.
 
-Per client i (reference: privacy.md §4.1):
+Per client i (the paper's Sec. 3 and the official code):
 
 - a private embedding v_i ∈ R^64 (the code's ``nn.Embedding(1, 64)``, init N(0, 1));
 - a hypernetwork h(·; φ): u = ReLU(W_0 v + b_0) ∈ R^128, and one linear head per tensor W
@@ -333,7 +333,7 @@ def hyperfl_evaluate(content: RecordDict, env: ClientEnv) -> RecordDict:
 
 class InformedModel(HyperNetwork):
     """Client i's prediction as a model of φ alone: x ↦ g(f(x; h(v_i; φ)); ϕ_i), with
-    v_i and ϕ_i fixed buffers (privacy.md §6.3 (b), the informed attacker).
+    v_i and ϕ_i fixed buffers (the informed attacker).
 
     Its named parameters are exactly φ (the ``hyperfl`` state-dict keys). With phase 1
     skipped and one phase-2 step on one minibatch, the client's upload is one SGD step of

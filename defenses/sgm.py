@@ -26,7 +26,7 @@ R_t is generated in blocks of ``BLOCK_ROWS`` rows, each from its own generator s
 ``BLOCK_ROWS``·d floats exist at a time (sketch and de-sketch cost O(bd) time, O(d) memory
 beyond the block).
 
-Threat model (privacy.md §2.4). The paper's ε (``epsilon_secret_sketch``, Lemma 2.2 and
+Threat model. The paper's ε (``epsilon_secret_sketch``, Lemma 2.2 and
 Thm 3.1: RDP of the sketch marginalised over R_t, amplified by sampling, strong composition)
 only holds against an observer of the sketches who never learns R_t: here the upload
 channel. In the paper the clients de-sketch and apply u_t themselves; in fedsim the server
@@ -42,7 +42,7 @@ secrecy is a protocol property here (nothing the server receives carries it; tes
 cryptographic one.
 
 Differences from the released code (``lucmonl/mlopt`` ``main.py::federated_train``,
-privacy.md §2.2), which this module does not follow: it sketches with an SRHT (Walsh–Hadamard
+the official code), which this module does not follow: it sketches with an SRHT (Walsh–Hadamard
 with random signs and row sampling) where the paper and fedsim use a dense Gaussian R; it
 clips Δ/η_local elementwise to [−τ, τ] (L∞, sensitivity τ√d) where the paper and fedsim clip
 the L2 norm; it de-sketches on the server; it has no accountant.

@@ -218,7 +218,7 @@ def sgm_calibrate_sigma(
 def diff2_sigmas(
     target_epsilon: float, delta: float, rounds: int, restart: int, n_min: int, clients: int, u: float = 1.25
 ) -> tuple[float, float]:
-    """DIFF2's noise calibration (Murata & Suzuki 2023; privacy.md §3.1): with the fixed
+    """DIFF2's noise calibration (Murata & Suzuki 2023, the privacy analysis of DIFF2): with the fixed
     Rényi order α = 1 + ⌈2 ln(1/δ)/ε⌉,
     σ₁ = √((4u if T > 1 else 4)·α·R/(T·n²P²ε)) for anchors and
     σ₂ = √(4u/(u−1)·α·R/(n²P²ε)) for differences (n = n_min, P clients)."""
@@ -263,7 +263,7 @@ def diff2_calibrated_sigmas(
 ) -> tuple[float, float]:
     """The paper's (σ₁, σ₂) (``diff2_sigmas``) times the smallest common factor s for which
     ``diff2_epsilon(sσ₁, sσ₂, ...)`` ≤ the target: the paper's fixed-order recipe is
-    conservative (privacy.md §3.2), so s < 1 and the run spends its whole budget.
+    conservative, so s < 1 and the run spends its whole budget.
     Bisection on log s to relative precision ``rtol``; the returned pair meets the target."""
     sigma1, sigma2 = diff2_sigmas(target_epsilon, delta, rounds, restart, n_min, clients, u)
 

@@ -19,7 +19,7 @@ This module also holds the *update path* that Fed-NGA and the robust baselines o
 Step size: η_t = lr / (1 + lr_decay · t)^lr_power, t = round − 1. This is the theory's
 η/(t + c)^{1/2+δ} up to a constant, and with the defaults (0.5, 0.002, 1/2) the MNIST
 schedule of Sec. 4.1, η_t = 1/(2√(0.002t + 1)) (read from the paper's text; unverified
-against the PDF, see the reference notes §3.2).
+against the PDF).
 
 Zero-norm updates: g/‖g‖ is undefined for g = 0 (the paper does not say); such an update
 contributes the zero vector and keeps its weight α_m, so the step shrinks by α_m. The

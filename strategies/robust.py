@@ -1,4 +1,4 @@
-"""Byzantine-robust aggregation baselines on Fed-NGA's update path (reference notes §1.7).
+"""Byzantine-robust aggregation baselines on Fed-NGA's update path.
 
 Every strategy here shares Fed-NGA's protocol (``strategies/fednga.py``): each client
 uploads its update at w^t (one minibatch gradient by default, or w^t − y after local SGD),

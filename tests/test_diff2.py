@@ -99,7 +99,7 @@ def _scenario(tmp_path, strategy, rounds=5, clients=3, seed=4, weight_decay=0.0)
 
 
 def _hand_run(sc_dict, restart, c1, c2, lr, sigma1=0.0, sigma2=0.0, weight_decay=0.0):
-    """DIFF2 (privacy.md §3.1) as a plain loop, per-sample gradients by backward passes."""
+    """DIFF2 (Murata & Suzuki 2023) as a plain loop, per-sample gradients by backward passes."""
     setup = prepare(validate(sc_dict))
     x_all, y_all = torch.from_numpy(setup.dataset.x_train), torch.from_numpy(setup.dataset.y_train)
     parts = [(x_all[torch.from_numpy(p)], y_all[torch.from_numpy(p)]) for p in setup.partitions]
@@ -220,7 +220,7 @@ def test_noise_on_zero_statistics_has_the_configured_std(anchor):
     [(3, 1, 77.5, 2.541), (3, 6, 35.4, 2.50), (3, 20, 19.4, 2.53), (3, 60, 11.2, 2.56), (5, 1, 49.0, 4.260), (5, 20, 12.2, 4.24)],
 )
 def test_paper_sigmas_realise_the_reference_epsilons(eps, restart, z1, realised):
-    """privacy.md §3.2: n_min = 1651, P = 10, R = 2000, δ = 1e-5; z = σ·n·P/2."""
+    """DIFF2's privacy analysis: n_min = 1651, P = 10, R = 2000, δ = 1e-5; z = σ·n·P/2."""
     n, p, rounds = 1651, 10, 2000
     s1, s2 = diff2_sigmas(eps, 1e-5, rounds, restart, n, p)
     assert s1 * n * p / 2 == pytest.approx(z1, abs=0.06)

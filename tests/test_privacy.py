@@ -29,7 +29,7 @@ def test_poisson_epsilon_without_amplification_is_the_gaussian_mechanisms_gdp(z)
 
 
 def test_pinned_reference_values():
-    """privacy.md §1.3: z = 1, q = 4/625, 500 steps, δ = 1e-5."""
+    """Poisson-sampled Gaussian: z = 1, q = 4/625, 500 steps, δ = 1e-5."""
     kw = dict(sampling="poisson", population=625, sample_size=4, delta=DELTA)
     assert privacy.dp_fedavg_epsilon(1.0, STEPS, **kw) == pytest.approx(1.216, abs=1e-3)
     assert privacy.dp_fedavg_epsilon(1.0, STEPS, kind="pld", **kw) == pytest.approx(0.825, abs=2e-3)

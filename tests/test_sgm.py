@@ -196,7 +196,7 @@ def test_global_opt_rules():
      (0.2580, 200_000, 200, 0.121)],
 )
 def test_secret_sketch_accountant_reproduces_the_paper_route(sigma_g, b, rounds, paper_route):
-    """privacy.md §2.3 (τ = 1, q = 4/625, δ = 1e-5)."""
+    """SGM's secret-sketch accountant (τ = 1, q = 4/625, δ = 1e-5)."""
     eps = privacy.sgm_secret_sketch_epsilon(sigma_g, 1.0, b, 4 / 625, rounds, 1e-5)
     assert eps == pytest.approx(paper_route, rel=0.02)
 

@@ -78,7 +78,7 @@ class Observation:
 @dataclass(frozen=True)
 class InformedView:
     """How an *informed* server sees the upload of a strategy whose clients keep private
-    state next to the shared model (HyperFL's v_i and ϕ_i; privacy.md §6.3 (b)).
+    state next to the shared model (HyperFL's v_i and ϕ_i: the informed attacker).
 
     The server is assumed to hold the target's private state as it was when the round's
     instruction left (leaked client state: the upper bound a fair evaluation of such a
