@@ -165,12 +165,14 @@ class Cohort:
                 total += torch.where(active, loss.double(), 0.0)
         return params, total / sched.steps
 
-    def local_sgd(self, **terms) -> tuple[Params, torch.Tensor]:
+    def local_sgd(self, extra_weight_decay: float = 0.0, **terms) -> tuple[Params, torch.Tensor]:
         """The scenario's ``client:`` local SGD (``ClientEnv.train``) from the start models;
-        ``terms`` are :meth:`descend`'s direction, correction and clipping."""
+        ``terms`` are :meth:`descend`'s direction, correction and clipping; ``extra_weight_decay``
+        joins the scenario's weight decay (applied after clipping)."""
         cfg = self.envs[0].scenario.client
         sched = self.schedule("shuffle", cfg.batch_size, cfg.epochs, cfg.steps)
-        return self.descend(sched, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **terms)
+        return self.descend(sched, lr=cfg.lr, momentum=cfg.momentum,
+                            weight_decay=cfg.weight_decay + extra_weight_decay, **terms)
 
     def _correct(self, grads: Params, params: Params, c: Correction) -> Params:
         out = {}

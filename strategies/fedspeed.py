@@ -187,10 +187,16 @@ def fedspeed_batched(cohort: Cohort) -> list[RecordDict]:
     h = torch.stack([load_state(env, STATE_KEY, x.shape[1]) for env in cohort.envs])
     lamb = float(cfg["lamb"])
     max_norm = float(cfg["max-grad-norm"])
+    if cfg["variant"] == "code":  # as local_update(fold_prox_into_decay=True): clip g + lamb(h − x), lamb·w after
+        correction, extra_decay = Correction(offset=lamb * (h - x)), lamb
+    else:
+        correction = Correction(coef=torch.full((len(cohort),), lamb, dtype=torch.float64), anchor=x, offset=lamb * h)
+        extra_decay = 0.0
     params, losses = cohort.local_sgd(
         direction=stacked_sam_direction(float(cfg["rho"]), float(cfg["alpha"]), bool(cfg["sam-normalize"])),
-        correction=Correction(coef=torch.full((len(cohort),), lamb, dtype=torch.float64), anchor=x, offset=lamb * h),
+        correction=correction,
         max_grad_norm=max_norm if max_norm > 0 else None,
+        extra_weight_decay=extra_decay,
     )
     x_local = cohort.vector(params)
     out = []

@@ -109,8 +109,11 @@ def test_a_killed_supernode_fails_its_round_and_a_lost_superlink_stops_the_run(d
     assert (deployed["run_dir"] / "metrics.csv").exists()
 
 
-def test_the_ray_runtime_attaches_to_a_running_cluster_and_respects_client_resources(tiny, monkeypatch):
-    """A Ray cluster of two 1-CPU nodes on 127.0.0.1; clients need 1 CPU: one actor per node."""
+@pytest.mark.parametrize(("engine", "actor_class"), [("actors", "ClientWorker"), ("flower", "ClientAppActor")])
+def test_the_ray_runtime_attaches_to_a_running_cluster_and_respects_client_resources(tiny, monkeypatch, engine,
+                                                                                      actor_class):
+    """A Ray cluster of two 1-CPU nodes on 127.0.0.1; clients need 1 CPU: one actor per node,
+    for fedsim's worker actors and for Flower's Simulation Engine alike."""
     import os
     import signal
 
@@ -130,10 +133,11 @@ def test_the_ray_runtime_attaches_to_a_running_cluster_and_respects_client_resou
     try:
         cluster.add_node(**loopback)
         local = fedsim.run(tiny)
-        remote = fedsim.run(tiny, runtime={"name": "ray", "address": cluster.address, "client_resources": {"num_cpus": 1}})
+        remote = fedsim.run(tiny, runtime={"name": "ray", "address": cluster.address, "engine": engine,
+                                           "client_resources": {"num_cpus": 1}})
         ray.init(address=cluster.address)
         try:
-            actors = [a for a in state.actors().values() if a["ActorClassName"] == "ClientAppActor"]
+            actors = [a for a in state.actors().values() if a["ActorClassName"] == actor_class]
         finally:
             ray.shutdown()
     finally:
@@ -145,7 +149,7 @@ def test_the_ray_runtime_attaches_to_a_running_cluster_and_respects_client_resou
             os.kill(pid, signal.SIGKILL)
     columns = ["round", "train_loss", "test_loss", "test_acc", "clients_sampled", "clients_replied", "bytes_up"]
     pd.testing.assert_frame_equal(local.metrics[columns], remote.metrics[columns])
-    # Flower sizes the actor pool per node as floor(node CPUs / client num_cpus): 1 + 1
+    # both size the pool as floor(CPUs / client num_cpus) over the cluster: 1 + 1
     assert len(actors) == 2
     assert len({a["Address"]["NodeID"] for a in actors}) == 2  # one on each node
     assert {a["Address"]["IPAddress"] for a in actors} == {"127.0.0.1"}
