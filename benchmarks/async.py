@@ -162,13 +162,6 @@ def render(record: dict) -> str:
     return "\n".join(lines)
 
 
-def render_into_doc(record: dict) -> None:
-    text = DOC.read_text()
-    begin, end = "<!-- results:begin -->", "<!-- results:end -->"
-    head, rest = text.split(begin, 1)
-    DOC.write_text(head + begin + "\n" + render(record) + "\n" + end + rest.split(end, 1)[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="digits")
@@ -179,7 +172,7 @@ def main() -> None:
         print(f"wrote {benchmark(args.dataset, args.seeds)}")
     record = reporting.read("async")
     print(render(record))
-    render_into_doc(record)
+    reporting.splice(DOC, "results", render(record))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -36,7 +35,6 @@ import reporting  # noqa: E402
 FMNIST = "/usr/share/datasets/fashion-mnist"
 MODELS = {"mlp": {"name": "mlp", "hidden": [64]}, "cnn": {"name": "cnn"}}
 CLIENT = {"steps": 4, "batch_size": 16, "lr": 0.05, "momentum": 0.9}
-BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 def scenario(model: str, clients: int, rounds: int, out: str, batched: bool) -> dict:
@@ -165,11 +163,8 @@ def render() -> str:
 
 
 def render_into(path: Path) -> None:
-    text = path.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{path}: no {BEGIN} ... {END} markers")
-    block = f"{BEGIN}\n<!-- rendered by `python benchmarks/batched.py --render --into {path}`; do not edit -->\n\n{render()}\n\n{END}"
-    path.write_text(re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S))
+    note = f"<!-- rendered by `python benchmarks/batched.py --render --into {path}`; do not edit -->"
+    reporting.splice(path, "results", f"{note}\n\n{render()}\n")
 
 
 def main() -> None:
