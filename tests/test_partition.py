@@ -1,5 +1,7 @@
 """Partitions: reproducible per seed, disjoint, and skewed as their parameters say."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -97,18 +99,67 @@ def test_shard_equals_flwr_datasets(n, clients, k, seed):
     assert all(np.array_equal(a, b) for a, b in zip(ours, ref, strict=True))
 
 
+@pytest.mark.parametrize("n, clients, alpha, min_size, balance, seed", [
+    (300, 7, 0.5, 5, False, 0), (1437, 20, 0.3, 10, False, 3), (1000, 10, 1.0, 1, True, 4),
+    (500, 25, 0.1, 1, False, 1), (800, 5, 100.0, 10, True, 2), (200, 12, 0.5, 3, False, 7),
+])
+def test_dirichlet_equals_flwr_datasets(n, clients, alpha, min_size, balance, seed):
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    labels = small_labels(n, seed, classes=6 if seed % 2 else 10)
+    params = get("partitioner", "dirichlet").params(alpha=alpha, min_partition_size=min_size, self_balancing=balance)
+    ours = make_partitions("dirichlet", params, labels, clients, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # flwr-datasets warns on each redraw
+        ref = flwr_reference(DirichletPartitioner(num_partitions=clients, partition_by="label", alpha=alpha,
+                                                  min_partition_size=min_size, self_balancing=balance, seed=seed), labels)
+    assert len(ours) == clients
+    assert all(np.array_equal(a, b) for a, b in zip(ours, ref, strict=True))
+
+
+def test_dirichlet_that_cannot_meet_min_size_fails_like_flwr_datasets():
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    labels = small_labels(100, 0)
+    params = get("partitioner", "dirichlet").params(alpha=0.05, min_partition_size=10)
+    with pytest.raises(ValueError, match="min_partition_size"):
+        make_partitions("dirichlet", params, labels, 10, 0)
+    with warnings.catch_warnings(), pytest.raises(ValueError, match="max number of attempts"):
+        warnings.simplefilter("ignore")
+        flwr_reference(DirichletPartitioner(num_partitions=10, partition_by="label", alpha=0.05,
+                                            min_partition_size=10, seed=0), labels)
+
+
+@pytest.mark.parametrize("mode", ["random", "deterministic", "first-deterministic"])
+@pytest.mark.parametrize("n, clients, k, seed", [(300, 7, 2, 0), (1437, 20, 3, 3), (500, 13, 1, 1), (900, 4, 5, 2)])
+def test_pathological_equals_flwr_datasets(mode, n, clients, k, seed):
+    from flwr_datasets.partitioner import PathologicalPartitioner
+
+    labels = small_labels(n, seed)
+    params = get("partitioner", "pathological").params(classes_per_client=k, class_assignment_mode=mode)
+    ours = make_partitions("pathological", params, labels, clients, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unused classes
+        ref = flwr_reference(PathologicalPartitioner(num_partitions=clients, partition_by="label",
+                                                     num_classes_per_partition=k, class_assignment_mode=mode,
+                                                     seed=seed), labels)
+    assert all(np.array_equal(a, b) for a, b in zip(ours, ref, strict=True))
+
+
 def test_natural_groups_by_user():
     groups = np.array([3, 1, 3, 2, 1, 1, 3, 2])
     got = make_partitions("natural", get("partitioner", "natural").params(), np.zeros(8, int), 3, 0, groups)
     assert [p.tolist() for p in got] == [[1, 4, 5], [3, 7], [0, 2, 6]]
 
 
-def test_iid_and_shard_split_a_million_examples_over_100k_clients_fast():
+def test_every_label_partitioner_splits_a_million_examples_over_100k_clients_fast():
     import time
 
     labels = small_labels(1_000_000, 0)
-    for name, params in [("iid", {}), ("shard", {"shards_per_client": 2})]:
+    for name, params in [("iid", {}), ("shard", {"shards_per_client": 2}),
+                         ("dirichlet", {"alpha": 5.0, "min_partition_size": 1}), ("pathological", {"classes_per_client": 2})]:
+        params = get("partitioner", name).params(**params)  # (loads the registry off the clock)
         start = time.perf_counter()
-        got = make_partitions(name, get("partitioner", name).params(**params), labels, 100_000, 0)
+        got = make_partitions(name, params, labels, 100_000, 0)
         assert time.perf_counter() - start < 5.0
         assert len(got) == 100_000 and sum(len(p) for p in got) <= 1_000_000

@@ -1,13 +1,12 @@
 """Partitioners: split a dataset's training examples across clients.
 
 The label-based partitioners follow flwr-datasets (``IidPartitioner``,
-``DirichletPartitioner``, ``PathologicalPartitioner``, ``ShardPartitioner``). ``iid`` and
-``shard`` are computed with NumPy on the label array (equal to flwr-datasets' output,
-tested), so they split 10^5 clients in well under a second; ``dirichlet`` and
-``pathological`` run flwr-datasets offline on a ``datasets.Dataset`` holding only the
-labels and each example's index (one ``load_partition`` per client: about 1 ms each). Every
-partitioner returns, for client i, the indices of its examples: client i is partition i on
-every runtime.
+``DirichletPartitioner``, ``PathologicalPartitioner``, ``ShardPartitioner``), computed with
+NumPy on the label array: the same random draws in the same order, so the same partitions
+(``tests/test_partition.py`` checks equality with flwr-datasets' output), without
+flwr-datasets decoding every example as a Python row (~1 ms a client), so 10^5 clients
+split in about a second. Every partitioner returns, for client i, the indices of its
+examples: client i is partition i on every runtime.
 
 Dirichlet convention: flwr-datasets draws, per class, a share over clients
 p_c ~ Dir(alpha·1_N) (the Yurochkin et al. lineage), re-drawing until every client holds
@@ -16,7 +15,6 @@ p_c ~ Dir(alpha·1_N) (the Yurochkin et al. lineage), re-drawing until every cli
 
 from __future__ import annotations
 
-import warnings
 from typing import Literal
 
 import numpy as np
@@ -47,18 +45,6 @@ class ShardParams(Params):
     shards_per_client: int = Field(2, ge=1, description="label-sorted shards dealt to each client")
 
 
-def _flwr_partition(partitioner, labels: np.ndarray) -> list[np.ndarray]:
-    from datasets import Dataset
-
-    partitioner.dataset = Dataset.from_dict({"label": labels, "idx": np.arange(len(labels))})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return [
-            np.sort(np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64))
-            for i in range(partitioner.num_partitions)
-        ]
-
-
 def split_sorted(values: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
     """Cut ``values`` into consecutive blocks of ``sizes`` and sort each block, vectorised:
     one ``lexsort`` of (value, block) instead of one sort per client, then views."""
@@ -84,36 +70,96 @@ def iid(params: IidParams, labels, num_clients, seed, groups=None):
     return split_sorted(perm, sizes)
 
 
+def group_by_client(clients: np.ndarray, examples: np.ndarray, num_clients: int) -> list[np.ndarray]:
+    """Client i's examples (sorted) from parallel arrays (client of each assignment, example)."""
+    order = np.lexsort((examples, clients))
+    return np.split(examples[order], np.cumsum(np.bincount(clients, minlength=num_clients))[:-1])
+
+
 @register("partitioner", "dirichlet", params=DirichletParams,
           min_examples=lambda p, n: n * max(p.min_partition_size, 1))
 def dirichlet(params: DirichletParams, labels, num_clients, seed, groups=None):
-    """Label skew: per class, shares over clients ~ Dir(alpha) (flwr-datasets)."""
-    from flwr_datasets.partitioner import DirichletPartitioner
+    """Label skew: per class, shares over clients ~ Dir(alpha).
 
-    part = DirichletPartitioner(
-        num_partitions=num_clients,
-        partition_by="label",
-        alpha=params.alpha,
-        min_partition_size=params.min_partition_size,
-        self_balancing=params.self_balancing,
-        seed=seed,
+    flwr-datasets' ``DirichletPartitioner`` computed with NumPy on the label array (its
+    ``load_partition`` decodes every example as a row, ~1 ms a client): one
+    ``default_rng(seed)``; for each class k in sorted order, p_k ~ Dir(alpha·1_N) (with
+    ``self_balancing``, clients already above the mean size get share 0 and the rest are
+    renormalised); the class's examples, in dataset order, are cut at
+    ``int(len · cumsum(p_k))``; the whole draw is repeated (at most 10 more times) until
+    every client holds ``min_partition_size`` examples. ``tests/test_partition.py`` checks
+    equality with flwr-datasets.
+    """
+    rng = np.random.default_rng(seed)
+    alpha = np.full(num_clients, float(params.alpha))
+    mean_size = len(labels) / num_clients
+    by_class = [np.flatnonzero(labels == k) for k in np.unique(labels)]
+    for attempt in range(11):
+        sizes = np.zeros(num_clients, dtype=np.int64)
+        owners, members = [], []
+        for idx in by_class:
+            shares = rng.dirichlet(alpha)
+            if params.self_balancing:
+                shares = np.where(sizes > mean_size, 0.0, shares)
+                shares = shares / sum(shares.tolist())  # Python's sum, as flwr-datasets adds them
+            cuts = (np.cumsum(shares) * len(idx)).astype(int)[:-1]
+            counts = np.diff(np.concatenate([[0], np.clip(cuts, 0, len(idx)), [len(idx)]]))
+            owners.append(np.repeat(np.arange(num_clients), counts))
+            members.append(idx)
+            sizes += counts
+        if sizes.min() >= params.min_partition_size:
+            return group_by_client(np.concatenate(owners), np.concatenate(members), num_clients)
+    raise ValueError(
+        f"dirichlet: after 11 draws some client holds fewer than min_partition_size="
+        f"{params.min_partition_size} examples (alpha={params.alpha}); raise alpha or lower min_partition_size"
     )
-    return _flwr_partition(part, labels)
 
 
 @register("partitioner", "pathological", params=PathologicalParams)
 def pathological(params: PathologicalParams, labels, num_clients, seed, groups=None):
-    """Pathological: each client holds exactly k classes (flwr-datasets)."""
-    from flwr_datasets.partitioner import PathologicalPartitioner
+    """Pathological: each client holds exactly k classes.
 
-    part = PathologicalPartitioner(
-        num_partitions=num_clients,
-        partition_by="label",
-        num_classes_per_partition=params.classes_per_client,
-        class_assignment_mode=params.class_assignment_mode,
-        seed=seed,
-    )
-    return _flwr_partition(part, labels)
+    flwr-datasets' ``PathologicalPartitioner`` computed with NumPy: client i's classes
+    (``random``: ``rng.choice(classes, k, replace=False)`` per client in order;
+    ``deterministic``: classes i..i+k-1 mod C; ``first-deterministic``: class i mod C, then
+    random draws until k distinct), then each class's examples (dataset order) are cut by
+    ``np.array_split`` into as many pieces as clients hold it, dealt in client order.
+    ``tests/test_partition.py`` checks equality with flwr-datasets.
+    """
+    classes = np.unique(labels).tolist()
+    k = params.classes_per_client
+    if k > len(classes):
+        raise ValueError(f"pathological: classes_per_client={k} but the dataset has {len(classes)} classes")
+    rng = np.random.default_rng(seed)
+    mode = params.class_assignment_mode
+    held: list[list] = []
+    for pid in range(num_clients):
+        if mode == "random":
+            held.append(rng.choice(classes, size=k, replace=False).tolist())
+        elif mode == "deterministic":
+            held.append([classes[(pid + i) % len(classes)] for i in range(k)])
+        else:  # first-deterministic
+            mine = [classes[pid % len(classes)]]
+            while len(mine) < k:
+                label = rng.choice(classes, size=1)[0]
+                if label not in mine:
+                    mine.append(label)
+            held.append(mine)
+    holders: dict = {c: [] for c in classes}
+    for pid, mine in enumerate(held):
+        for c in mine:
+            holders[c].append(pid)
+    owners, members = [], []
+    for c in classes:
+        idx = np.flatnonzero(labels == c)
+        if len(holders[c]) > len(idx):
+            raise ValueError(f"pathological: class {c} is held by {len(holders[c])} clients but has only "
+                             f"{len(idx)} examples; lower num_clients or classes_per_client")
+        if holders[c]:
+            counts = [len(piece) for piece in np.array_split(np.empty(len(idx)), len(holders[c]))]
+            owners.append(np.repeat(holders[c], counts))
+            members.append(idx)
+    return group_by_client(np.concatenate(owners), np.concatenate(members), num_clients)
 
 
 @register("partitioner", "shard", params=ShardParams, min_examples=lambda p, n: n * p.shards_per_client)
@@ -192,7 +238,7 @@ def make_partitions(name: str, params: Params, labels, num_clients, seed, groups
         raise ValueError(f"num_clients={num_clients} exceeds the dataset's {len(labels)} training examples")
     try:
         parts = get("partitioner", name).factory(params, labels, num_clients, seed, groups)
-    except (ValueError, IndexError) as exc:  # flwr-datasets' own checks
+    except (ValueError, IndexError) as exc:  # the partitioner's own checks
         raise ValueError(f"partition {name!r} of {len(labels)} examples over num_clients={num_clients}: {exc}") from None
     if len(parts) != num_clients:
         raise ValueError(f"partitioner {name!r} made {len(parts)} partitions, not {num_clients}")
