@@ -15,13 +15,15 @@ import functools
 import io
 import math
 from collections import OrderedDict
+from typing import TypeVar
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 _MAGIC = b"\x93NUMPY"
+R = TypeVar("R", ArrayRecord, MetricRecord, ConfigRecord, RecordDict)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -47,12 +49,29 @@ def _new_array(dtype: str, shape: tuple[int, ...], data: bytes) -> Array:
     return array
 
 
+def prebuilt(cls: type[R], items: dict) -> R:
+    """A Flower record of type ``cls`` (``ArrayRecord``, ``MetricRecord``, ``ConfigRecord``
+    or ``RecordDict``) holding exactly ``items``, for items fedsim has just built itself.
+
+    Flower's constructors re-check every key and value (``TypedDict.__setitem__``, a few
+    µs an item, paid for every reply of every round); these items are of the right type by
+    construction. Same object as the constructor gives (tests/test_records.py compares
+    ``vars``, equality and the deflated bytes)."""
+    record = cls()
+    record.__dict__["_data"].update(items)
+    return record
+
+
 def record_of(arrays: dict[str, Array]) -> ArrayRecord:
     """An ArrayRecord holding these very ``Array`` objects (``ArrayRecord(dict)`` copies each)."""
-    record = ArrayRecord()
-    for key, array in arrays.items():
-        record[key] = array
-    return record
+    return prebuilt(ArrayRecord, arrays)
+
+
+def records_in(content: RecordDict, kind: type[R]) -> list[R]:
+    """The records of type ``kind`` in ``content``, in order. Flower's typed views
+    (``content.array_records`` ...) re-insert every record into ``content`` while they
+    build a synced dict; fedsim only reads, and reads them for every reply."""
+    return [record for record in content.values() if isinstance(record, kind)]
 
 
 def encode(array: np.ndarray) -> Array:
@@ -60,7 +79,7 @@ def encode(array: np.ndarray) -> Array:
     if not array.flags.c_contiguous:
         array = np.ascontiguousarray(array)  # (keeps 0-d arrays 0-d, unlike calling it always)
     header, name = _header_for(array.dtype, array.shape)
-    return _new_array(name, tuple(array.shape), header + array.tobytes())
+    return _new_array(name, tuple(array.shape), b"".join((header, array)))  # one copy of the data
 
 
 def _view(array: Array) -> np.ndarray:
@@ -144,13 +163,61 @@ def unflatten(vector: torch.Tensor, like: ArrayRecord) -> ArrayRecord:
 
 def only_arrays(content: RecordDict) -> tuple[str, ArrayRecord]:
     """(key, record) of a reply's one ArrayRecord (Flower's strategies require exactly one)."""
-    key = next(iter(content.array_records))
-    return key, content.array_records[key]
+    return next((key, record) for key, record in content.items() if isinstance(record, ArrayRecord))
+
+
+def metric(content: RecordDict, key: str) -> float:
+    """``key`` of a reply's (first) MetricRecord."""
+    return float(records_in(content, MetricRecord)[0][key])
 
 
 def num_examples(content: RecordDict, key: str = "num-examples") -> float:
     """A reply's weight: ``key`` of its (one) MetricRecord."""
-    return float(next(iter(content.metric_records.values()))[key])
+    return metric(content, key)
+
+
+class ReplyView:
+    """A reply's content as Flower's strategy helpers read it (``array_records``,
+    ``metric_records``, ``config_records``, ``[key]``, ``get``), with the typed views made
+    once, as plain dicts. ``RecordDict``'s own views are rebuilt on every access by
+    re-inserting each record, and Flower's reply checks and metric averaging read them
+    several times per reply: a good part of the in-process runtime's per-client cost."""
+
+    __slots__ = ("content", "array_records", "metric_records", "config_records")
+
+    def __init__(self, content: RecordDict):
+        self.content = content
+        self.array_records = {k: v for k, v in content.items() if isinstance(v, ArrayRecord)}
+        self.metric_records = {k: v for k, v in content.items() if isinstance(v, MetricRecord)}
+        self.config_records = {k: v for k, v in content.items() if isinstance(v, ConfigRecord)}
+
+    def __getitem__(self, key: str):
+        return self.content[key]
+
+    def get(self, key: str, default=None):
+        return self.content.get(key, default)
+
+
+def checked_replies(strategy, replies, is_train: bool = True) -> tuple[list[Message], list[ReplyView]]:
+    """A Flower Message-API strategy's ``_check_and_log_replies`` (errors split off and
+    logged, then ``validate_message_reply_consistency``), run on :class:`ReplyView`s:
+    the same checks, the same exceptions. Returns (valid replies, their views)."""
+    from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
+
+    valid, _ = strategy._check_and_log_replies(list(replies), is_train=is_train, validate=False)
+    views = [ReplyView(msg.content) for msg in valid]
+    if views:
+        validate_message_reply_consistency(views, strategy.weighted_by_key, check_arrayrecord=is_train)
+    return valid, views
+
+
+def train_metrics(strategy, views: list[ReplyView]):
+    """``strategy.train_metrics_aggr_fn`` over the replies: Flower's default
+    (``aggregate_metricrecords``) reads the views, a user's function gets the RecordDicts."""
+    from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+    fn = strategy.train_metrics_aggr_fn
+    return fn(views if fn is aggregate_metricrecords else [v.content for v in views], strategy.weighted_by_key)
 
 
 def index_array(indices: np.ndarray) -> Array:
@@ -169,7 +236,7 @@ def reported_partition(message: Message) -> int | None:
     ``"node"``, read from Flower's ``context.node_config``); None if it reported none."""
     if message.has_error():
         return None
-    for record in (*message.content.config_records.values(), *message.content.metric_records.values()):
+    for record in (*records_in(message.content, ConfigRecord), *records_in(message.content, MetricRecord)):
         if PARTITION_ID in record:
             return int(record[PARTITION_ID])
     return None

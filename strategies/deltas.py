@@ -26,7 +26,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp import strategy as flwr_strategy
 from pydantic import Field
 
-from fedsim.records import ClientIndex
+from fedsim.records import ClientIndex, checked_replies, train_metrics
 from fedsim.registry import Params
 from fedsim.sampling import SeededSampling
 from fedsim.state import Checkpointable
@@ -110,7 +110,7 @@ class UpdateAggregation(Checkpointable, SeededSampling, flwr_strategy.FedAvg):
 
     def aggregate_train(self, server_round: int, replies) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self.last_round = server_round
-        valid, _ = self._check_and_log_replies(list(replies), is_train=True)
+        valid, views = checked_replies(self, replies)
         assert self._layout is not None and self._x is not None
         participants = np.array([self._clients(m) for m in valid], dtype=np.int64)
         deltas = np.zeros((len(valid), self._layout.size))
@@ -119,7 +119,7 @@ class UpdateAggregation(Checkpointable, SeededSampling, flwr_strategy.FedAvg):
         step, extra = self.direction(participants, deltas)
         metrics = MetricRecord()
         if valid:
-            metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
+            metrics = train_metrics(self, views)
         for key, value in extra.items():
             metrics[key] = value
         metrics["server_state_bytes"] = state_nbytes(self.state)

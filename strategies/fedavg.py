@@ -11,7 +11,7 @@ from pydantic import Field
 
 from fedsim.apps.client import fedavg_train
 from fedsim.batched import fedavg_batched
-from fedsim.records import weighted_mean
+from fedsim.records import checked_replies, num_examples, train_metrics, weighted_mean
 from fedsim.registry import Params, register
 from fedsim.sampling import SeededSampling
 
@@ -24,16 +24,16 @@ class FedAvgParams(Params):
 
 class ExampleWeightedMean:
     """Flower FedAvg's ``aggregate_train`` (same checks, same sums in the same order) with
-    ``fedsim.records.weighted_mean``, which reads each ``.npy`` header once."""
+    ``fedsim.records.weighted_mean``, which reads each ``.npy`` header once, and the
+    reply checks run on ``ReplyView``s (``fedsim.records.checked_replies``)."""
 
     def aggregate_train(self, server_round, replies):
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        valid, views = checked_replies(self, replies)
         if not valid:
             return None, None
-        contents = [msg.content for msg in valid]
-        weights = [float(next(iter(c.metric_records.values()))[self.weighted_by_key]) for c in contents]
-        arrays = weighted_mean([c[self.arrayrecord_key] for c in contents], weights)
-        return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        weights = [num_examples(v.content, self.weighted_by_key) for v in views]
+        arrays = weighted_mean([v[self.arrayrecord_key] for v in views], weights)
+        return arrays, train_metrics(self, views)
 
 
 class FedAvg(SeededSampling, ExampleWeightedMean, flwr_strategy.FedAvg):

@@ -41,7 +41,7 @@ from pydantic import Field
 
 from fedsim.apps.client import ClientEnv
 from fedsim.batched import Cohort
-from fedsim.records import num_examples, only_arrays, stack, unflatten
+from fedsim.records import checked_replies, num_examples, only_arrays, stack, train_metrics, unflatten
 from fedsim.registry import register
 from fedsim.sampling import SeededSampling
 from fedsim.training import batches
@@ -144,14 +144,14 @@ class VectorRule(flwr_strategy.FedAvg):
         """The aggregated update of the (n × d) uploads with weights α (n,), and metrics."""
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        valid, views = checked_replies(self, replies)
         if not valid:
             return None, None
-        records = [only_arrays(m.content)[1] for m in valid]
+        records = [only_arrays(v.content)[1] for v in views]
         updates = stack(records)
-        weights = torch.tensor([num_examples(m.content, self.weighted_by_key) for m in valid], dtype=updates.dtype)
+        weights = torch.tensor([num_examples(v.content, self.weighted_by_key) for v in views], dtype=updates.dtype)
         vector, extra = self.combine(updates, weights / weights.sum())
-        metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
+        metrics = train_metrics(self, views)
         metrics.update(extra)
         return unflatten(vector, records[0]), metrics
 

@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flwr_strategy
 
 from fedsim.apps.client import ClientEnv
-from fedsim.records import to_record, to_state_dict, weighted_mean
+from fedsim.records import checked_replies, num_examples, to_record, to_state_dict, train_metrics, weighted_mean
 from fedsim.registry import register
 from fedsim.sampling import SeededSampling
 from fedsim.training import batches, derive_seed, seeded_torch_rng
@@ -55,16 +55,15 @@ class FedSGD(SeededSampling, flwr_strategy.FedAvg):
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round, replies):
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        valid, views = checked_replies(self, replies)
         if not valid:
             return None, None
-        contents = [msg.content for msg in valid]
-        weights = [float(c["metrics"][self.weighted_by_key]) for c in contents]
-        grad = to_state_dict(weighted_mean([c[self.arrayrecord_key] for c in contents], weights))
+        weights = [num_examples(v.content, self.weighted_by_key) for v in views]
+        grad = to_state_dict(weighted_mean([v[self.arrayrecord_key] for v in views], weights))
         new = to_state_dict(self.current)
         for key, g in grad.items():
             new[key] = new[key] - self.lr * (g + self.weight_decay * new[key])
-        return to_record(new), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        return to_record(new), train_metrics(self, views)
 
 
 @register("strategy", "fedsgd", params=FedAvgParams, client=fedsgd_train, upload="gradient")

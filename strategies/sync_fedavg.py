@@ -33,6 +33,7 @@ from flwr.app import ArrayRecord
 from pydantic import Field
 
 from fedsim.apps.asynchronous import Arrival, EventStrategy, Step, Task
+from fedsim import records
 from fedsim.apps.client import fedavg_train
 from fedsim.registry import Params, register
 from fedsim.strategies.deltas import Layout
@@ -57,7 +58,7 @@ def update(arrival: Arrival, layout: Layout) -> np.ndarray:
 
 
 def num_examples(arrival: Arrival) -> float:
-    return float(next(iter(arrival.reply.metric_records.values()))["num-examples"])
+    return records.num_examples(arrival.reply)
 
 
 class SyncFedAvgParams(Params):

@@ -50,3 +50,31 @@ def test_fast_arrays_are_flowers_own():
         assert ours.object_id == flowers.object_id and np.array_equal(ours.numpy(), value)
     arrays = {"w": encode(np.ones(3, np.float32))}
     assert record_of(arrays)["w"] is arrays["w"]
+
+
+def test_prebuilt_records_are_what_flowers_constructors_build():
+    """records.prebuilt skips Flower's per-item checks: the same record as the constructor
+    (attributes, equality, deflated bytes, so the same object id on any transport)."""
+    import numpy as np
+    from flwr.app import ConfigRecord, MetricRecord, RecordDict
+
+    from fedsim.records import encode, prebuilt, records_in
+
+    arrays = {"w": encode(np.arange(6, dtype=np.float32).reshape(2, 3)), "b": encode(np.ones(3, np.float32))}
+    metrics = {"train_loss": 0.25, "num-examples": 72}
+    built = [
+        (prebuilt(ArrayRecord, arrays), ArrayRecord(arrays)),
+        (prebuilt(MetricRecord, metrics), MetricRecord(metrics)),
+        (prebuilt(ConfigRecord, {"partition-id": 3}), ConfigRecord({"partition-id": 3})),
+    ]
+    for ours, flowers in built:
+        assert type(ours) is type(flowers) and ours == flowers and list(ours) == list(flowers)
+        assert ours.deflate() == flowers.deflate()
+    content = {"arrays": built[0][0], "metrics": built[1][0], "node": built[2][0]}
+    ours, flowers = prebuilt(RecordDict, content), RecordDict(content)
+    assert ours == flowers and ours.deflate() == flowers.deflate() and ours.object_id == flowers.object_id
+    # records_in reads what Flower's typed views hold, in the same order
+    for kind, view in ((ArrayRecord, flowers.array_records), (MetricRecord, flowers.metric_records),
+                       (ConfigRecord, flowers.config_records)):
+        assert records_in(ours, kind) == list(view.values())
+    assert records_in(RecordDict({"metrics": built[1][0]}), ArrayRecord) == []

@@ -45,7 +45,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from fedsim.recorder import Diverged, plot_accuracy_time
-from fedsim.records import to_record, to_state_dict
+from fedsim.records import metric, to_record, to_state_dict
 from fedsim.training import evaluate, seed_sequence
 from fedsim.world.devices import (
     DeviceParams,
@@ -271,7 +271,7 @@ class EventLoop:
         row = {
             "round": self.version,
             "virtual_time": self.now,
-            "train_loss": _mean([float(next(iter(a.reply.metric_records.values()))["train_loss"]) for a in step.used]),
+            "train_loss": _mean([metric(a.reply, "train_loss") for a in step.used]),
             "staleness": [a.staleness for a in step.used],
             "staleness_mean": _mean([a.staleness for a in step.used]),
             "updates_used": len(step.used),

@@ -28,7 +28,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fedsim import registry
-from fedsim.records import PARTITION_ID, to_record, to_state_dict
+from fedsim.records import PARTITION_ID, prebuilt, to_record, to_state_dict
 from fedsim.scenario import Scenario, from_json
 from fedsim.training import derive_seed, evaluate, local_sgd, resolve_device, seeded_torch_rng, torch_generator
 
@@ -128,12 +128,10 @@ class ClientEnv:
 
     def reply(self, train_loss: float, **metrics: float) -> RecordDict:
         """Reply with the trained model and its metrics (weighted by ``num-examples``)."""
-        return RecordDict(
-            {
-                "arrays": to_record(self.model.state_dict()),
-                "metrics": MetricRecord({"train_loss": train_loss, "num-examples": len(self.x), **metrics}),
-            }
-        )
+        return prebuilt(RecordDict, {
+            "arrays": to_record(self.targets),  # the model's own tensors: its state dict, without building one
+            "metrics": MetricRecord({"train_loss": train_loss, "num-examples": len(self.x), **metrics}),
+        })
 
 
 _last_decoded: list = [None, None]

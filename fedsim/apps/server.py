@@ -137,7 +137,7 @@ class FederatedLoop:
         # personalised strategies (HyperFL) have no global predictor: fed_acc is their metric
         personalized = getattr(self.strategy, "personalized", False)
         if (rnd % sc.evaluation.eval_every == 0 or rnd == sc.rounds) and not personalized:
-            self.tester.load_state_dict(arrays.to_torch_state_dict())
+            self.tester.load_state_dict(to_state_dict(arrays))
             row["test_loss"], row["test_acc"] = evaluate(
                 self.tester, self.x_test, self.y_test, sc.evaluation.batch_size
             )

@@ -17,7 +17,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedsim.records import index_array
+from fedsim.records import index_array, records_in
 from fedsim.state import Checkpointable
 
 
@@ -81,7 +81,7 @@ class GridWrapper(Grid):
 
 def payload_bytes(content: RecordDict) -> int:
     """Bytes of the arrays a message carries (the model-sized part of its payload)."""
-    return sum(rec.count_bytes() for rec in content.array_records.values())
+    return sum(rec.count_bytes() for rec in records_in(content, ArrayRecord))
 
 
 NODE_UNAVAILABLE = 5  # flwr ErrorCode.NODE_UNAVAILABLE: the code of the replies fedsim writes for silent nodes
