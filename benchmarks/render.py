@@ -22,6 +22,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 PAGES = ROOT / "docs" / "results"
 README = ROOT / "README.md"
 START, END = "<!-- results:summary:start -->", "<!-- results:summary:end -->"
+RT_START, RT_END = "<!-- runtimes:start -->", "<!-- runtimes:end -->"
+LABELS = {"inprocess": "inprocess", "ray": "ray (worker actors)", "flower": "plain Flower run_simulation"}
 
 
 def fmt(value) -> str:
@@ -151,12 +153,64 @@ def summary(recs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def readme_with_summary(text: str, block: str) -> str:
-    if START not in text or END not in text:
-        raise ValueError(f"README.md lacks the {START} / {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
+def readme_with_summary(text: str, block: str, start: str = START, end: str = END) -> str:
+    """``text`` with ``block`` (which carries the markers) in place of the marked part."""
+    if start not in text or end not in text:
+        raise ValueError(f"README.md lacks the {start} / {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
     return head + block + tail
+
+
+def runtimes(recs: list[dict]) -> str:
+    """The README's runtimes table: per setting, each runtime's median per-round time as a
+    multiple of a plain loop's (runtime_overhead), ray against inprocess (ray_parallel),
+    and start-up at the largest population (scale), with each target's check."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from runtime_overhead import TARGET  # the benchmarks' own rules
+    from scale import meets_targets
+
+    by_name = {r["name"]: r for r in recs}
+    lines = [RT_START, ""]
+    overhead = by_name.get("runtime_overhead")
+    if overhead:
+        rows = overhead["tables"].get("overhead", [])
+        settings = list(dict.fromkeys((r["workload"], r["clients"]) for r in rows))
+        methods = [m for m in ("inprocess", "ray", "flower") if any(r["method"] == m for r in rows)]
+        lines += [f"Per-round wall time as a multiple of a plain training loop doing the same work (median of "
+                  f"{overhead['settings']['repeats']} ABBA-paired repeats; commit `{overhead['commit'][:10]}`; "
+                  f"`python benchmarks/runtime_overhead.py`). Target: `inprocess` ≤ {TARGET}x.", "",
+                  "| setting | " + " | ".join(LABELS[m] for m in methods) + f" | inprocess ≤ {TARGET}x |",
+                  "|---|" + "---|" * len(methods) + "---|"]
+        for workload, n in settings:
+            ratio = {r["method"]: r["median_ratio"] for r in rows if (r["workload"], r["clients"]) == (workload, n)}
+            cells = [f"{ratio[m]:.2f}x" if m in ratio else "—" for m in methods]
+            lines.append(f"| {workload}, {n} clients | " + " | ".join(cells) +
+                         f" | {fmt(ratio['inprocess'] <= TARGET) if 'inprocess' in ratio else '—'} |")
+        lines.append("")
+    ray = by_name.get("ray_parallel")
+    if ray:
+        rows = ray["tables"].get("ray_vs_inprocess", [])
+        lines += [f"`ray` ({ray['settings']['workers']} worker actors) against `inprocess` on the CNN: wall time per "
+                  f"round, median of {ray['settings']['repeats']} paired repeats (commit `{ray['commit'][:10]}`; "
+                  f"`python benchmarks/ray_parallel.py`). Target ≤ {ray['settings']['target_ratio']}x.", "",
+                  "| setting | ray / inprocess | meets target |", "|---|---|---|"]
+        lines += [f"| {r['workload']}, {r['clients']} clients | {r['median_ratio']:.2f}x | {fmt(r['meets_target'])} |"
+                  for r in rows]
+        lines.append("")
+    scale = by_name.get("scale")
+    if scale:
+        rows = scale["tables"].get("scale", [])
+        lines += [f"Start-up at scale, in-process, 10 clients per round (commit `{scale['commit'][:10]}`; "
+                  "`python benchmarks/scale.py`). Target: round 1 done ≤ 10 s after `fedsim.run`, peak RSS < 2 GiB.", "",
+                  "| population | N | start-up + round 1 s | steady s/round | peak RSS MiB | targets met |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['population']} | {r['clients']:,} | {r['startup_s'] + r['round1_s']:.2f} | "
+                  f"{r['steady_s']:.3f} | {r['peak_rss_mib']:.0f} | "
+                  f"{fmt(meets_targets(r))} |" for r in rows]
+        lines.append("")
+    lines += ["Rendered by `python benchmarks/render.py`; details in [engine](docs/engine.md).", "", RT_END]
+    return "\n".join(lines)
 
 
 def expected() -> dict[Path, str]:
@@ -164,7 +218,8 @@ def expected() -> dict[Path, str]:
     recs = records()
     files = {PAGES / f"{r['name']}.md": page(r) for r in recs}
     files[PAGES / "claims.md"] = claims_page(recs)
-    files[README] = readme_with_summary(README.read_text(), summary(recs))
+    readme = readme_with_summary(README.read_text(), summary(recs))
+    files[README] = readme_with_summary(readme, runtimes(recs), RT_START, RT_END)
     return files
 
 
