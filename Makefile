@@ -29,13 +29,21 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
-# Every paper-claim benchmark (fast digits profile, 3 seeds), each writing
-# benchmarks/results/<name>.json, then the pages docs/results/*.md and README's summary.
-# BENCH_ARGS="--dataset fashion_mnist" runs the Fashion-MNIST profile instead.
-BENCHMARKS := sgm_epsilon fedau fednga fedspeed decentralized inversion privacy diff2_sweep
+# Every benchmark, each writing benchmarks/results/<name>.json: first the engine
+# measurements (timings: run them on an otherwise idle machine), then every paper-claim
+# benchmark (fast digits profile, 3 seeds); then the docs tables, the pages
+# docs/results/*.md and README's summaries are rendered from the results files.
+# BENCH_ARGS="--dataset fashion_mnist" runs the Fashion-MNIST profile of the claims instead.
+ENGINE_BENCHMARKS := runtime_overhead ray_parallel scale batched deployment
+BENCHMARKS := sgm_epsilon fedau fednga fedspeed decentralized inversion privacy diff2_sweep async
 bench: install
-	$(PY) benchmarks/runtime_overhead.py
+	set -e; for b in $(ENGINE_BENCHMARKS); do $(PY) benchmarks/$$b.py; done
 	set -e; for b in $(BENCHMARKS); do nice $(PY) benchmarks/$$b.py $(BENCH_ARGS); done
+	$(PY) benchmarks/runtime_overhead.py --render docs/engine.md
+	$(PY) benchmarks/scale.py --render docs/engine.md
+	$(PY) benchmarks/deployment.py --render docs/multinode.md
+	$(PY) benchmarks/batched.py --render --into docs/batched.md
+	$(PY) benchmarks/async.py --render
 	$(PY) benchmarks/render.py
 
 # the documentation site, built offline into site/ (mkdocs.yml; pages under docs/)

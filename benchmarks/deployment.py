@@ -17,7 +17,10 @@ Where the time goes on a deployment: Flower's SuperNode sleeps 3 s between polls
 and starts a fresh ClientApp process per message (Python, torch, fedsim and the dataset
 are imported again each time); the server pulls replies every ``poll_interval`` (0.5 s).
 
+Writes ``benchmarks/results/deployment.json``; its table is rendered into docs/multinode.md.
+
     python benchmarks/deployment.py [--clients 3] [--rounds 4]
+    python benchmarks/deployment.py --render [docs/multinode.md]   # the table from the results file
 """
 
 from __future__ import annotations
@@ -25,17 +28,19 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import fedsim
-from fedsim.runtimes.certs import generate
-from fedsim.runtimes.cluster import LocalCluster
+import fedsim  # noqa: E402
+import reporting  # noqa: E402  (benchmarks/reporting.py)
+from fedsim.runtimes.certs import generate  # noqa: E402
+from fedsim.runtimes.cluster import LocalCluster  # noqa: E402
 
+NAME = "deployment"
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "scenarios" / "noniid.yaml"
 
@@ -51,20 +56,12 @@ def steady(seconds: list[float]) -> float:
     return statistics.median(seconds[1:])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--clients", type=int, nargs="+", default=[3])
-    ap.add_argument("--rounds", type=int, default=4)
-    args = ap.parse_args()
-    table = Table(title=f"deployment vs inprocess on one host: scenarios/noniid.yaml reduced, R={args.rounds}")
-    for col in ("method", "setting", "metric", "value", "baseline (inprocess)", "ratio"):
-        table.add_column(col, justify="left" if col in ("method", "metric") else "right")
-    load = []
+def overhead_table(args, previous: list[dict]) -> list[dict]:
+    """One row per client count: inprocess and deployment s/round, set-up and cluster start-up."""
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.clients:
-            setting = f"cnn, {n} clients"
             local = fedsim.run(SCENARIO, overrides(n, args.rounds, f"{tmp}/local"))
-            base = steady(local.metrics["seconds"].tolist())
             t0 = time.perf_counter()
             cluster = LocalCluster(Path(tmp) / f"cluster{n}", n, generate(Path(tmp) / f"certs{n}", nodes=n))
             cluster.start()
@@ -75,19 +72,48 @@ def main() -> None:
                 total = time.perf_counter() - t1
             finally:
                 cluster.stop()
-            load.append(os.getloadavg()[0])
-            assert remote.metrics["test_acc"].round(6).equals(local.metrics["test_acc"].round(6)), "metrics differ"
+            same = bool(remote.metrics["test_acc"].round(6).equals(local.metrics["test_acc"].round(6)))
+            if not same:
+                raise SystemExit(f"{n} clients: deployment and inprocess metrics differ")
             seconds = remote.metrics["seconds"].tolist()
-            per_round = steady(seconds)
-            setup = total - sum(seconds)  # submit -> round 1, and reading the results back
-            table.add_row("deployment (TLS)", setting, "s/round", f"{per_round:.2f}", f"{base:.3f}", f"{per_round / base:.0f}x")
-            table.add_row("", setting, "overhead s/round", f"{per_round - base:.2f}", "", "")
-            table.add_row("", setting, "set-up + wrap-up s", f"{setup:.1f}", "", "")
-            table.add_row("", setting, "cluster start-up s", f"{up:.1f}", "", "")
-            table.add_section()
-    Console(width=120).print(table)
-    print(f"1-minute load average after each deployment run: {', '.join(f'{x:.1f}' for x in load)} "
-          f"on {os.cpu_count()} CPUs")
+            rows.append({
+                "clients": n, "inprocess_s_per_round": steady(local.metrics["seconds"].tolist()),
+                "deployment_s_per_round": steady(seconds), "deployment_round_s": seconds,
+                "setup_and_wrapup_s": total - sum(seconds),  # submit -> round 1, and reading the results back
+                "cluster_startup_s": up, "same_metrics": same, "load_average": os.getloadavg()[0],
+            })
+            print(f"{n} clients: deployment {rows[-1]['deployment_s_per_round']:.2f} s/round, "
+                  f"inprocess {rows[-1]['inprocess_s_per_round']:.3f}", flush=True)
+    return rows
+
+
+TABLES = {"overhead": overhead_table}
+
+
+def render(record: dict) -> str:
+    """The results file's table as Markdown (what docs/multinode.md shows)."""
+    rows = record["tables"].get("overhead", [])
+    out = [f"`scenarios/noniid.yaml` reduced (every client trains each round, one epoch, {record['settings']['rounds']} "
+           f"rounds), median s/round of rounds 2..R; TLS and SuperNode authentication on 127.0.0.1 "
+           f"(commit `{record['commit'][:10]}`, {record['created']}).", "",
+           "| clients | inprocess s/round | deployment s/round | ratio | overhead s/round | set-up + wrap-up s | "
+           "cluster start-up s | same metrics | load avg |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        dep, loc = r["deployment_s_per_round"], r["inprocess_s_per_round"]
+        out.append(f"| {r['clients']} | {loc:.3f} | {dep:.2f} | {dep / loc:.0f}x | {dep - loc:.2f} | "
+                   f"{r['setup_and_wrapup_s']:.1f} | {r['cluster_startup_s']:.1f} | "
+                   f"{'yes' if r['same_metrics'] else 'no'} | {r['load_average']:.1f} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", type=int, nargs="+", default=[3])
+    ap.add_argument("--rounds", type=int, default=4)
+    reporting.table_options(ap, TABLES)
+    args = ap.parse_args()
+    reporting.run_tables(NAME, args, TABLES, render, {"rounds": args.rounds, "cpus": os.cpu_count(), "torch_threads": 1})
 
 
 if __name__ == "__main__":
