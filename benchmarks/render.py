@@ -17,6 +17,10 @@ import math
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from causes import cause  # noqa: E402  (benchmarks/causes.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 PAGES = ROOT / "docs" / "results"
@@ -146,6 +150,13 @@ def summary(recs: list[dict]) -> str:
         lines.append(f"| {record['name']} | {len(verdicts)} | {counts} | {len(record['seeds'])} | {link} |")
     if len(lines) == 4:
         lines.append("| (no results file yet) | | | | | | |")
+    failed = [(r["name"], c) for r in recs for c in r["claims"] if c["verdict"] == "not reproduced"]
+    if failed:
+        lines += ["", "Claims that did not reproduce here, with the most likely cause found "
+                      "(`benchmarks/causes.py`):", ""]
+        lines += [f"- **{name}**: {c['claim']} ({c['ours']} {mean_sd(c['values'])} vs {c['baseline']} "
+                  f"{mean_sd(c['baseline_values'])}, {c['metric']}). {cause(name, c['claim']) or 'Cause not yet analysed.'}"
+                  for name, c in failed]
     lines += ["", "Every claim with its values: [claims at a glance](docs/results/claims.md)."]
     if plain:
         lines += ["Measurements without a paper claim: " + ", ".join(plain) + "."]

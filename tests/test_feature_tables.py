@@ -1,4 +1,4 @@
-"""The results tables of the feature pages (async, engine, batched) are what their results
+"""The results tables of the feature pages (async, engine, batched, multi-node) are what their results
 files render to: nobody typed them, and a rerun that changed a number also changed the page."""
 
 import importlib
@@ -17,6 +17,7 @@ PAGES = [  # (benchmark module, results file or None for the module's own render
     ("scale", "scale", "docs/engine.md"),
     ("runtime_overhead", "runtime_overhead", "docs/engine.md"),
     ("batched", None, "docs/batched.md"),
+    ("deployment", "deployment", "docs/multinode.md"),
 ]
 
 

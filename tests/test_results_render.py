@@ -34,3 +34,12 @@ def test_render_formats_hand_checked_cells():
     assert render.mean_sd([1.0, 2.0, 3.0]) == "2 ± 1"
     assert render.table([{"a": 1, "b": 0.5}, {"a": 2, "c": "x|y"}]) == [
         "| a | b | c |", "|---|---|---|", "| 1 | 0.5 | — |", "| 2 | — | x\\|y |"]
+
+
+def test_every_claim_that_did_not_reproduce_has_a_cause():
+    """README lists the failed claims with a cause from benchmarks/causes.py; none may lack one."""
+    from causes import cause
+
+    missing = [(r["name"], c["claim"]) for r in render.records() for c in r["claims"]
+               if c["verdict"] == "not reproduced" and cause(r["name"], c["claim"]) is None]
+    assert missing == [], f"add a cause to benchmarks/causes.py for: {missing}"
