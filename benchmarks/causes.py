@@ -48,6 +48,9 @@ CAUSES: list[tuple[str, str, str]] = [
      "300 rounds all clients are seen with the same regularity and every method ends at about 0.94-0.95 "
      "on digits (FedVarp and the oracle too); the difference the paper reports on CIFAR-10 with a "
      "100-round cycle and 10,000 rounds is below the seed spread here."),
+    ("fedau", r"under (bernoulli|markov) participation",
+     "Three seeds: every seed's paired difference favours FedAU, but their spread is large next to "
+     "their mean, so a one-sided t-test over 3 pairs does not reach p < 0.05."),
     # ----------------------------------------------------------------------------- FedSpeed
     ("fedspeed", r"FedSpeed \(paper\)",
      "The paper variant (Alg. 1 as printed: the server averages the participants' x̂_i = x_i,K + h_i) "
