@@ -164,6 +164,12 @@ def summary(recs: list[dict]) -> str:
         counts = ", ".join(f"{name} {unsettled.count(name)}" for name in dict.fromkeys(unsettled))
         lines += ["", f"Inconclusive claims (no significant difference either way over the seeds): {counts}; "
                       "each with its most likely cause in [claims at a glance](docs/results/claims.md)."]
+    claimed = [r["name"] for r in recs if r["claims"]]
+    fashion = [n for n in claimed if n.endswith("_fashion_mnist")]
+    missing = [n for n in claimed if not n.endswith("_fashion_mnist") and f"{n}_fashion_mnist" not in fashion]
+    lines += ["", "Fashion-MNIST profile (`--dataset fashion_mnist`, a CNN on 28x28 images): "
+              + (f"results for {', '.join(fashion)}" if fashion else "no results file yet")
+              + (f"; not yet run for {', '.join(missing)}." if missing else ".")]
     lines += ["", "Every claim with its values: [claims at a glance](docs/results/claims.md)."]
     if plain:
         lines += ["Measurements without a paper claim: " + ", ".join(plain) + "."]
