@@ -173,7 +173,7 @@ def test_readme_links_point_at_files_that_exist():
     for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme):
         if "://" not in target:
             assert (ROOT / target).exists(), target
-    for gone in ("ARCHITECTURE.md", "privacy.md"):  # the project's notes, not in the repository
+    for gone in ("ARCHITECTURE.md", "reference/privacy.md", "../shared"):  # the project's notes, not in the repository
         assert gone not in readme
 
 
