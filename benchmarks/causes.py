@@ -99,7 +99,7 @@ CAUSES: list[tuple[str, str, str]] = [
      "Budget: 60 steps per intermediate-layer stage instead of the paper's 1,000; at this budget the "
      "feature-space stages move the reconstruction by a few hundredths of a dB from the latent-only "
      "optimum, on either side."),
-    ("inversion", r"DIA beats IG on dropout uploads, p=0\.(1|25)$",
+    ("inversion", r"DIA beats IG on dropout uploads, p=0\.(1|25) on patches$",
      "Low dropout and a small budget (the claim fails on the scikit-image patches, not on digits): at "
      "p = 0.1 the train/eval-mode mismatch that hurts IG is small, while DIA optimises every dropout "
      "mask as well as the image, far more unknowns, with 200 iterations instead of the paper's 20,000; "

@@ -203,11 +203,12 @@ class Bench:
                                    and all(r[k] == v for k, v in where.items())])) for s in seeds]
 
         methods = {r["method"] for r in rows}
+        on = f" on {rows[0]['dataset']}"  # which images: digits, patches (or Fashion-MNIST)
         claims = []
         if part == "dropout":
             for p in (0.1, 0.25, 0.5):
                 claims.append(reporting.claim(
-                    f"DIA beats IG on dropout uploads, p={p}", DIA_PAPER, "PSNR (dB)", "dia", "ig",
+                    f"DIA beats IG on dropout uploads, p={p}{on}", DIA_PAPER, "PSNR (dB)", "dia", "ig",
                     per_seed("dia", p=p), per_seed("ig", p=p)))
         else:
             for which in ("in", "ood"):
@@ -215,10 +216,10 @@ class Bench:
                     continue
                 for noise in (0.0, 1.0):
                     claims.append(reporting.claim(
-                        f"GIFD ({which} prior) beats IG, noise {noise:g}x RMS", GIFD_PAPER, "PSNR (dB)",
+                        f"GIFD ({which} prior) beats IG, noise {noise:g}x RMS{on}", GIFD_PAPER, "PSNR (dB)",
                         f"{which}: gifd", "ig", per_seed(f"{which}: gifd", noise=noise), per_seed("ig", noise=noise)))
                 claims.append(reporting.claim(
-                    f"GIFD's feature stages improve on its latent-only stage ({which} prior, noise 1x RMS)", GIFD_PAPER,
+                    f"GIFD's feature stages improve on its latent-only stage ({which} prior, noise 1x RMS){on}", GIFD_PAPER,
                     "PSNR (dB)", f"{which}: gifd", f"{which}: z only", per_seed(f"{which}: gifd", noise=1.0),
                     per_seed(f"{which}: z only", noise=1.0)))
         return claims

@@ -151,7 +151,8 @@ def overhead_table(args, previous: list[dict]) -> list[dict]:
         os.environ["BENCH_WORKLOAD"] = workload
         for n in args.clients:
             os.environ["BENCH_CLIENTS"] = str(n)
-            measure("loop", n, 2)  # caches (dataset, partitions) and torch's kernels, off the clock
+            for method in ("loop", "inprocess"):  # this process's caches (dataset, imports, torch's
+                measure(method, n, 2)              # kernels) warmed for both, off the clock
             times: dict[str, list[float]] = {m: [] for m in methods}
             cpu: dict[str, list[float | None]] = {m: [] for m in methods}
             for rep in range(args.repeats):

@@ -14,13 +14,16 @@ import ast
 import functools
 import io
 import math
+import weakref
 from collections import OrderedDict
 from typing import TypeVar
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app.metadata import Metadata
 from flwr.serverapp import Grid
+from flwr.supercore.date import now as flwr_now
 
 _MAGIC = b"\x93NUMPY"
 R = TypeVar("R", ArrayRecord, MetricRecord, ConfigRecord, RecordDict)
@@ -60,6 +63,36 @@ def prebuilt(cls: type[R], items: dict) -> R:
     record = cls()
     record.__dict__["_data"].update(items)
     return record
+
+
+def reply_message(content: RecordDict, reply_to: Message) -> Message:
+    """``Message(content, reply_to=reply_to)`` without the constructor's argument dispatch
+    and its re-validation of the message type (the instruction's, checked when it was
+    made): the same metadata, a reply TTL that ends when the instruction's does (Flower's
+    default), ~2 µs instead of ~7 for each client's reply (tests/test_records.py compares
+    it with Flower's constructor)."""
+    md = reply_to.metadata.__dict__
+    current = flwr_now().timestamp()
+    metadata = Metadata.__new__(Metadata)
+    metadata.__dict__.update(
+        _run_id=md["_run_id"], _message_id="", _src_node_id=md["_dst_node_id"], _dst_node_id=md["_src_node_id"],
+        _src_task_id=md["_dst_task_id"], _dst_task_id=md["_src_task_id"], _reply_to_message_id=md["_message_id"],
+        _group_id=md["_group_id"], _created_at=current, _ttl=md["_created_at"] + md["_ttl"] - current,
+        _message_type=md["_message_type"], _delivered_at="",
+    )
+    message = Message.__new__(Message)
+    message.__dict__.update(_metadata=metadata, _content=content, _error=None)
+    return message
+
+
+def put(content: RecordDict, key: str, record: ArrayRecord | MetricRecord | ConfigRecord) -> None:
+    """``content[key] = record`` for a record fedsim has just built. Under a new key the
+    record goes in without Flower's per-item checks (as :func:`prebuilt`); an existing key
+    is replaced through ``RecordDict.__setitem__`` (which warns when the kind changes)."""
+    if key in content:
+        content[key] = record
+    else:
+        content.__dict__["_data"][key] = record
 
 
 def record_of(arrays: dict[str, Array]) -> ArrayRecord:
@@ -108,7 +141,27 @@ def decode(array: Array) -> np.ndarray:
 
 def to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
     """``ArrayRecord(state_dict)`` (same keys, same bytes), without re-writing headers."""
-    return record_of({k: encode(v.detach().cpu().numpy()) for k, v in state.items()})
+    return record_of({k: encode(_numpy(v)) for k, v in state.items()})
+
+
+# id of a CPU parameter -> (a weak reference to it, its data pointer, an ndarray view of
+# it): a client's model is encoded every round from the same parameter tensors
+_views: dict[int, tuple[weakref.ref, int, np.ndarray]] = {}
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    """``tensor.detach().cpu().numpy()``. For a CPU parameter (``requires_grad``) the view
+    is made once and reused while the parameter keeps its storage (``param.data = ...``
+    gives it a new one); the entry goes with the parameter."""
+    if not (tensor.is_cpu and tensor.requires_grad):
+        return tensor.detach().cpu().numpy()
+    ptr = tensor.data_ptr()
+    hit = _views.get(id(tensor))
+    if hit is None or hit[0]() is not tensor or hit[1] != ptr:
+        if hit is None or hit[0]() is not tensor:
+            weakref.finalize(tensor, _views.pop, id(tensor), None)
+        hit = _views[id(tensor)] = (weakref.ref(tensor), ptr, tensor.detach().numpy())
+    return hit[2]
 
 
 def to_state_dict(record: ArrayRecord) -> OrderedDict[str, torch.Tensor]:

@@ -51,25 +51,38 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-@contextmanager
-def seeded_torch_rng(seed: int, device: torch.device = torch.device("cpu")) -> Iterator[None]:
-    """Torch's global RNG (CPU, and ``device``'s when it is a GPU) seeded with ``seed`` for
-    the block and restored afterwards: what dropout masks and random layers draw from.
-
-    Same streams as ``torch.manual_seed(seed)``, which on a CPU-only build also queues a
-    seed, with a Python stack trace, for each absent GPU backend (~0.3 ms a call); here
-    only the generators in use are seeded and restored (a few µs).
-    """
+def _generators(device: torch.device) -> list[torch.Generator]:
+    """Torch's global generators that ``device``'s work draws from: CPU's, and the GPU's."""
     generators = [torch.default_generator]
     if device.type == "cuda":
         torch.cuda.init()  # fills torch.cuda.default_generators (a no-op once initialised)
         generators.append(torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()])
+    return generators
+
+
+def seed_torch_rng(seed: int, device: torch.device = torch.device("cpu")) -> None:
+    """Seed torch's global RNG (CPU, and ``device``'s when it is a GPU or MPS) with ``seed``,
+    and leave it so: what dropout masks and random layers draw from.
+
+    Same streams as ``torch.manual_seed(seed)``, which on a CPU-only build also queues a
+    seed, with a Python stack trace, for each absent GPU backend (~0.3 ms a call); here
+    only the generators in use are seeded (~1 µs). A client seeds before it trains; the
+    host's own stream is kept by whoever runs clients in its process
+    (``fedsim.runtimes.inprocess``, ``seeded_torch_rng``).
+    """
+    for g in _generators(device):
+        g.manual_seed(seed)
+    if device.type == "mps":
+        torch.mps.manual_seed(seed)
+
+
+@contextmanager
+def seeded_torch_rng(seed: int, device: torch.device = torch.device("cpu")) -> Iterator[None]:
+    """``seed_torch_rng(seed, device)`` for the block; the global RNG is restored afterwards."""
+    generators = _generators(device)
     saved = [g.get_state() for g in generators]
     mps_saved = torch.mps.get_rng_state() if device.type == "mps" else None
-    for g in generators:
-        g.manual_seed(seed)
-    if mps_saved is not None:
-        torch.mps.manual_seed(seed)
+    seed_torch_rng(seed, device)
     try:
         yield
     finally:

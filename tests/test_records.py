@@ -78,3 +78,68 @@ def test_prebuilt_records_are_what_flowers_constructors_build():
                        (ConfigRecord, flowers.config_records)):
         assert records_in(ours, kind) == list(view.values())
     assert records_in(RecordDict({"metrics": built[1][0]}), ArrayRecord) == []
+
+
+def test_reply_message_is_what_flowers_constructor_builds():
+    """records.reply_message skips the constructor's dispatch: the same metadata as
+    ``Message(content, reply_to=...)`` (times aside) and a TTL ending with the instruction's."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    from fedsim.records import reply_message
+    from fedsim.runtimes.inprocess import InProcessGrid
+
+    InProcessGrid(None, 3, seed=1)  # sets Flower's task identity, as every run does
+    instruction = Message(RecordDict({"config": ConfigRecord({"server-round": 2})}), 17, "train.custom", ttl=600.0)
+    instruction.metadata.__dict__.update(_message_id="m-1", _src_task_id=4, _dst_task_id=9, _group_id="g")
+    content = RecordDict({"node": ConfigRecord({"partition-id": 3})})
+    ours, flowers = reply_message(content, instruction), Message(content, reply_to=instruction)
+    mine, theirs = vars(ours.metadata), vars(flowers.metadata)
+    assert mine.keys() == theirs.keys()
+    timed = ("_created_at", "_ttl")
+    assert {k: v for k, v in mine.items() if k not in timed} == {k: v for k, v in theirs.items() if k not in timed}
+    assert mine["_reply_to_message_id"] == "m-1" and mine["_dst_node_id"] == instruction.metadata.src_node_id
+    assert mine["_src_task_id"] == 9 and mine["_dst_task_id"] == 4
+    expiry = instruction.metadata.created_at + 600.0
+    assert ours.metadata.created_at + ours.metadata.ttl == pytest.approx(expiry)
+    assert abs(ours.metadata.created_at - flowers.metadata.created_at) < 5.0
+    assert ours.content is content and not ours.has_error()
+
+
+def test_put_skips_checks_only_for_new_keys():
+    from flwr.app import ConfigRecord, MetricRecord, RecordDict
+
+    from fedsim.records import put
+
+    content = RecordDict({"metrics": MetricRecord({"a": 1.0})})
+    put(content, "node", ConfigRecord({"partition-id": 2}))
+    assert content == RecordDict({"metrics": MetricRecord({"a": 1.0}), "node": ConfigRecord({"partition-id": 2})})
+    put(content, "node", ConfigRecord({"partition-id": 5}))  # replaced through RecordDict.__setitem__
+    assert content["node"]["partition-id"] == 5 and list(content) == ["metrics", "node"]
+    with pytest.raises(TypeError):
+        put(content, "metrics", "not a record")
+
+
+def test_to_record_follows_parameters_updated_in_place_and_replaced():
+    """The encoded bytes of a parameter are its current values: after in-place steps (the
+    cached view) and after ``param.data = ...`` (a new storage)."""
+    from fedsim.records import _views
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    state = model.state_dict(keep_vars=True)
+    first = to_record(state)
+    with torch.no_grad():
+        model[0].weight.mul_(-2.0)
+    model[1].running_mean += 1.0
+    second = to_record(state)
+    assert all(second[k].data == ArrayRecord(model.state_dict())[k].data for k in second)
+    assert second["0.weight"].data != first["0.weight"].data
+    model[0].weight.data = torch.arange(12.0).reshape(3, 4)
+    third = to_record(model.state_dict(keep_vars=True))
+    assert np.array_equal(decode(third["0.weight"]), np.arange(12.0, dtype=np.float32).reshape(3, 4))
+    ids = {id(p) for p in model.parameters()}
+    assert ids <= set(_views)
+    del model, state
+    import gc
+
+    gc.collect()
+    assert not ids & set(_views)  # entries go with their parameters

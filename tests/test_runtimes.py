@@ -138,3 +138,16 @@ def test_start_up_sends_no_message_and_a_round_sets_up_only_its_cohort(num_clien
     fleet.send_and_receive([Message(RecordDict(), nid, "query.checkpoint") for nid in cohort[:2]])
     assert grid.delivered[6:] == ["query.checkpoint"] * 2  # no second set-up
     assert sorted(grid.contexts) == sorted(cohort)
+
+
+def test_a_run_leaves_torch_global_rng_where_it_was(tiny):
+    """Clients seed torch's global RNG (dropout masks); the in-process grid restores the
+    host's stream after each batch of clients, so a run does not move it."""
+    import torch
+
+    tiny["model"] = {"name": "mlp", "hidden": [32], "dropout": 0.5}
+    torch.manual_seed(11)
+    fedsim.run(tiny)
+    after_run = torch.rand(8)
+    torch.manual_seed(11)
+    assert torch.equal(after_run, torch.rand(8))

@@ -28,9 +28,9 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fedsim import registry
-from fedsim.records import PARTITION_ID, prebuilt, to_record, to_state_dict
+from fedsim.records import PARTITION_ID, prebuilt, put, reply_message, to_record, to_state_dict
 from fedsim.scenario import Scenario, from_json
-from fedsim.training import derive_seed, evaluate, local_sgd, resolve_device, seeded_torch_rng, torch_generator
+from fedsim.training import derive_seed, evaluate, local_sgd, resolve_device, seed_torch_rng, torch_generator
 
 STATE_KEY = "fedsim"
 CRASH = "fedsim.crash"  # config flags the fault-injection layer sets (fedsim.world.faults)
@@ -77,6 +77,7 @@ def _partition(blob: str, pid: int, indices: Array) -> tuple[torch.Tensor, torch
     if (blob, pid) not in _partitions:
         if any(key[0] != blob for key in _partitions):
             _partitions.clear()  # a new run in this process: drop the last run's copies
+            _envs.clear()
         shared = _shared(blob)
         idx = torch.from_numpy(indices.numpy().copy()).to(shared.x.device)
         _partitions[(blob, pid)] = (shared.x[idx], shared.y[idx])
@@ -119,18 +120,25 @@ class ClientEnv:
     def generator(self, server_round: int, purpose: str) -> torch.Generator:
         return torch_generator(self.scenario.seed, server_round, self.partition_id, purpose)
 
+    @functools.cached_property
+    def training(self) -> dict:
+        """The scenario's ``client:`` section as ``local_sgd``'s keyword arguments."""
+        return self.scenario.client.model_dump()
+
     def train(self, server_round: int, grad_hook: Callable[[], None] | None = None, **overrides) -> tuple[float, int]:
         """The scenario's local SGD (``client:`` section, overridable per call)."""
-        cfg = self.scenario.client.model_dump() | overrides
+        cfg = self.training | overrides
         return local_sgd(
             self.model, self.x, self.y, **cfg, gen=self.generator(server_round, "shuffle"), grad_hook=grad_hook
         )
 
     def reply(self, train_loss: float, **metrics: float) -> RecordDict:
         """Reply with the trained model and its metrics (weighted by ``num-examples``)."""
+        values = {"train_loss": train_loss, "num-examples": len(self.x), **metrics}
+        plain = all(type(v) in (float, int) for v in values.values())  # else Flower's checks
         return prebuilt(RecordDict, {
             "arrays": to_record(self.targets),  # the model's own tensors: its state dict, without building one
-            "metrics": MetricRecord({"train_loss": train_loss, "num-examples": len(self.x), **metrics}),
+            "metrics": prebuilt(MetricRecord, values) if plain else MetricRecord(values),
         })
 
 
@@ -149,14 +157,23 @@ Handler = Callable[[RecordDict, ClientEnv], RecordDict]
 SCENARIO_CONFIG = "fedsim-scenario"  # run_config key: a scenario file nodes set themselves up from
 
 
+# a node's ClientEnv, by its Context's state: the same every round (handlers that need
+# another make one with dataclasses.replace); dropped when the node is set up again
+_envs: dict[int, ClientEnv] = {}
+
+
 def _env(context: Context) -> ClientEnv:
+    env = _envs.get(id(context.state))
+    if env is not None and env.state is context.state:
+        return env
     if STATE_KEY not in context.state:
         _self_setup(context)
     blob = str(context.state[STATE_KEY]["scenario"])
     pid = int(context.state[STATE_KEY]["partition-id"])
     shared = _shared(blob)
     x, y = _partition(blob, pid, context.state[INDEX_KEY]["indices"])
-    return ClientEnv(shared.scenario, pid, shared.model, x, y, context.state, shared.targets, shared.num_classes)
+    env = _envs[id(context.state)] = ClientEnv(shared.scenario, pid, shared.model, x, y, context.state, shared.targets, shared.num_classes)
+    return env
 
 
 def fedavg_train(content: RecordDict, env: ClientEnv) -> RecordDict:
@@ -182,6 +199,7 @@ def setup(msg: Message, context: Context) -> Message:
 
 
 def _keep(context: Context, scenario_json: str, indices: Array) -> None:
+    _envs.pop(id(context.state), None)
     context.state[STATE_KEY] = ConfigRecord(
         {"scenario": scenario_json, "partition-id": int(context.node_config["partition-id"])}
     )
@@ -211,7 +229,8 @@ def _self_setup(context: Context) -> None:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Run the strategy's client handler with torch's global RNG (dropout masks, random
-    layers) seeded from (seed, round, client), and restored afterwards."""
+    layers) seeded from (seed, round, client). The RNG is left seeded: a grid that runs
+    clients in the host's process keeps the host's stream (``InProcessGrid``)."""
     env = _env(context)
     if POISON_KEY in msg.content:  # compromised by a data-poisoning Byzantine attack
         attack = env.scenario.byzantine
@@ -232,12 +251,18 @@ def train(msg: Message, context: Context) -> Message:
         raise RuntimeError(f"injected crash of client {env.partition_id} (faults.crash_probability)")
     if config.get(DELAY):
         time.sleep(float(config[DELAY]))
-    with seeded_torch_rng(derive_seed(env.scenario.seed, server_round, env.partition_id, "torch"), env.device):
-        reply = handler(msg.content, env)
-        if mod is not None:  # the defense transforms what leaves the client (clip, noise)
-            reply = mod(msg.content, reply, env)
-        reply["node"] = ConfigRecord({PARTITION_ID: env.partition_id})  # who replied, on any grid
-        return Message(reply, reply_to=msg)
+    seed_torch_rng(derive_seed(env.scenario.seed, server_round, env.partition_id, "torch"), env.device)
+    reply = handler(msg.content, env)
+    if mod is not None:  # the defense transforms what leaves the client (clip, noise)
+        reply = mod(msg.content, reply, env)
+    return answer(msg, reply, env.partition_id)
+
+
+def answer(msg: Message, content: RecordDict, partition_id: int) -> Message:
+    """The reply to ``msg``: ``content`` and ``"node": ConfigRecord({"partition-id": ...})``,
+    which says who replied on any grid."""
+    put(content, "node", prebuilt(ConfigRecord, {PARTITION_ID: partition_id}))
+    return reply_message(content, msg)
 
 
 def canary_reply(content: RecordDict, env: ClientEnv) -> RecordDict:

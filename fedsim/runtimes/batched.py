@@ -15,16 +15,14 @@ so a failing client is recorded exactly as on the sequential path.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from uuid import uuid4
 
-from flwr.app import ConfigRecord, Message, MessageType
+from flwr.app import Message, MessageType
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from fedsim import registry
 from fedsim.apps import client
 from fedsim.batched import Cohort, refusal
-from fedsim.records import PARTITION_ID
 from fedsim.runtimes.inprocess import InProcessGrid, serve
 from fedsim.scenario import Scenario
 
@@ -39,7 +37,7 @@ class BatchedGrid(InProcessGrid):
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         messages = list(messages)
         for msg in messages:
-            msg.metadata.__dict__["_message_id"] = uuid4().hex
+            msg.metadata.__dict__["_message_id"] = self.new_id()
         stacked = [m for m in messages if _stackable(m)]
         for start in range(0, len(stacked), self.chunk):
             self._train(stacked[start : start + self.chunk])
@@ -62,9 +60,8 @@ class BatchedGrid(InProcessGrid):
             super().push_messages(messages)
             return
         for msg, content, env in zip(messages, contents, envs, strict=True):
-            content["node"] = ConfigRecord({PARTITION_ID: env.partition_id})  # as client.train does
-            reply = Message(content, reply_to=msg)
-            reply.metadata.__dict__["_message_id"] = uuid4().hex
+            reply = client.answer(msg, content, env.partition_id)  # as client.train does
+            reply.metadata.__dict__["_message_id"] = self.new_id()
             self._replies[msg.metadata.message_id] = reply
 
 

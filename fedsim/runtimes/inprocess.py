@@ -7,6 +7,8 @@ tests pin them against the installed flwr minor version.
 
 from __future__ import annotations
 
+import gc
+import itertools
 from collections.abc import Iterable
 from uuid import uuid4
 
@@ -82,6 +84,7 @@ class InProcessGrid(SimulatedGrid):
         # a node's Context is made when it first gets a message: 10^5 idle nodes cost nothing
         self.contexts: dict[int, Context] = {}
         self._replies: dict[str, Message] = {}
+        self._id_prefix, self._id_count = uuid4().hex[:16], itertools.count()
 
     def context(self, node_id: int) -> Context:
         """Node ``node_id``'s Context (persists for the run, as on a SuperNode)."""
@@ -95,23 +98,36 @@ class InProcessGrid(SimulatedGrid):
             )
         return self.contexts[node_id]
 
+    def new_id(self) -> str:
+        """A message id unique in this grid: its random prefix and a counter (a uuid4 each
+        costs more than the rest of a small client's round trip)."""
+        return f"{self._id_prefix}{next(self._id_count):016x}"
+
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        """Run the ClientApp on each message, in order. Clients seed torch's global RNG
+        (``fedsim.apps.client.train``); the host's stream is restored once afterwards."""
         ids = []
-        for msg in messages:
-            msg_id = msg.metadata.message_id or uuid4().hex  # a routing grid may have set it
-            msg.metadata.__dict__["_message_id"] = msg_id
-            context = self.context(msg.metadata.dst_node_id)
-            try:
-                reply = self.client_app(msg, context)
-            except Exception as exc:  # a failing client is recorded, never fatal
-                reply = Message(Error(CLIENT_APP_ERROR, f"{type(exc).__name__}: {exc}"), reply_to=msg)
-            reply.metadata.__dict__["_message_id"] = uuid4().hex
-            self._replies[msg_id] = reply
-            ids.append(msg_id)
+        with torch.random.fork_rng(devices=_cuda_devices()):
+            for msg in messages:
+                msg_id = msg.metadata.message_id or self.new_id()  # a routing grid may have set it
+                msg.metadata.__dict__["_message_id"] = msg_id
+                context = self.context(msg.metadata.dst_node_id)
+                try:
+                    reply = self.client_app(msg, context)
+                except Exception as exc:  # a failing client is recorded, never fatal
+                    reply = Message(Error(CLIENT_APP_ERROR, f"{type(exc).__name__}: {exc}"), reply_to=msg)
+                reply.metadata.__dict__["_message_id"] = self.new_id()
+                self._replies[msg_id] = reply
+                ids.append(msg_id)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
         return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+
+def _cuda_devices() -> list[int]:
+    """The GPUs whose RNG clients may have seeded: every device once CUDA is initialised."""
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
 
 
 def run_inprocess(server_app: ServerApp, client_app: ClientApp, scenario: Scenario) -> None:
@@ -124,11 +140,19 @@ def run_inprocess(server_app: ServerApp, client_app: ClientApp, scenario: Scenar
 
 
 def serve(server_app: ServerApp, grid: Grid, scenario: Scenario) -> None:
-    """Run ``server_app`` on ``grid`` with ``runtime.threads`` torch threads."""
+    """Run ``server_app`` on ``grid`` with ``runtime.threads`` torch threads.
+
+    What is alive when the run starts (imported modules, datasets, models) is moved out
+    of the garbage collector's generations for the run (``gc.freeze``, undone afterwards):
+    the collections that a round's many small Flower objects trigger then walk only what
+    the run made.
+    """
     context = Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={})
     threads = torch.get_num_threads()
     torch.set_num_threads(getattr(scenario.runtime, "threads", 1))  # ray: the driver's thread
+    gc.freeze()
     try:
         server_app(grid, context)
     finally:
+        gc.unfreeze()
         torch.set_num_threads(threads)

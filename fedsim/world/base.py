@@ -84,6 +84,19 @@ def payload_bytes(content: RecordDict) -> int:
     return sum(rec.count_bytes() for rec in records_in(content, ArrayRecord))
 
 
+def total_payload_bytes(contents: Iterable[RecordDict]) -> int:
+    """``Σ payload_bytes(c)``, each distinct record measured once (a round's instructions
+    all carry the same global model record)."""
+    sizes: dict[int, int] = {}
+    total = 0
+    for content in contents:
+        for rec in records_in(content, ArrayRecord):
+            if id(rec) not in sizes:
+                sizes[id(rec)] = rec.count_bytes()
+            total += sizes[id(rec)]
+    return total
+
+
 NODE_UNAVAILABLE = 5  # flwr ErrorCode.NODE_UNAVAILABLE: the code of the replies fedsim writes for silent nodes
 
 
@@ -263,7 +276,7 @@ class Fleet(GridWrapper):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         messages = list(messages)
-        self.bytes_down += sum(payload_bytes(m.content) for m in messages)
+        self.bytes_down += total_payload_bytes(m.content for m in messages)
         replies = self._send(messages, timeout or self.timeout)
-        self.bytes_up += sum(payload_bytes(r.content) for r in replies if not r.has_error())
+        self.bytes_up += total_payload_bytes(r.content for r in replies if not r.has_error())
         return sorted(replies, key=self.partition_of)
