@@ -151,3 +151,31 @@ def test_a_run_leaves_torch_global_rng_where_it_was(tiny):
     after_run = torch.rand(8)
     torch.manual_seed(11)
     assert torch.equal(after_run, torch.rand(8))
+
+
+def test_a_node_keeps_its_client_env_while_its_state_is_the_same(tiny, tmp_path):
+    """The ClientEnv of a node is made once per (scenario, partition) and reused; a Context
+    whose state is a new object (a SuperNode's ClientApp process gets one per message)
+    gets a fresh env in the same slot, so the cache does not grow."""
+    import json
+
+    import torch
+    from flwr.app import Context, RecordDict
+
+    from fedsim.apps import client
+
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(tiny))
+
+    def context() -> Context:
+        return Context(run_id=1, node_id=5, node_config={"partition-id": 2}, state=RecordDict(),
+                       run_config={client.SCENARIO_CONFIG: str(path)})
+
+    first = context()
+    env = client._env(first)
+    assert client._env(first) is env and env.partition_id == 2
+    size = len(client._envs)
+    second = context()
+    other = client._env(second)
+    assert other is not env and other.state is second.state and torch.equal(other.x, env.x)
+    assert len(client._envs) == size

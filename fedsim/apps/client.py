@@ -157,22 +157,22 @@ Handler = Callable[[RecordDict, ClientEnv], RecordDict]
 SCENARIO_CONFIG = "fedsim-scenario"  # run_config key: a scenario file nodes set themselves up from
 
 
-# a node's ClientEnv, by its Context's state: the same every round (handlers that need
-# another make one with dataclasses.replace); dropped when the node is set up again
-_envs: dict[int, ClientEnv] = {}
+# a node's ClientEnv by (scenario, partition): the same every round while its Context's
+# state is the same object (handlers that need another make one with dataclasses.replace)
+_envs: dict[tuple[str, int], ClientEnv] = {}
 
 
 def _env(context: Context) -> ClientEnv:
-    env = _envs.get(id(context.state))
-    if env is not None and env.state is context.state:
-        return env
     if STATE_KEY not in context.state:
         _self_setup(context)
-    blob = str(context.state[STATE_KEY]["scenario"])
-    pid = int(context.state[STATE_KEY]["partition-id"])
+    node = context.state[STATE_KEY]
+    blob, pid = str(node["scenario"]), int(node["partition-id"])
+    env = _envs.get((blob, pid))
+    if env is not None and env.state is context.state:
+        return env
     shared = _shared(blob)
     x, y = _partition(blob, pid, context.state[INDEX_KEY]["indices"])
-    env = _envs[id(context.state)] = ClientEnv(shared.scenario, pid, shared.model, x, y, context.state, shared.targets, shared.num_classes)
+    env = _envs[(blob, pid)] = ClientEnv(shared.scenario, pid, shared.model, x, y, context.state, shared.targets, shared.num_classes)
     return env
 
 
@@ -199,7 +199,6 @@ def setup(msg: Message, context: Context) -> Message:
 
 
 def _keep(context: Context, scenario_json: str, indices: Array) -> None:
-    _envs.pop(id(context.state), None)
     context.state[STATE_KEY] = ConfigRecord(
         {"scenario": scenario_json, "partition-id": int(context.node_config["partition-id"])}
     )
