@@ -11,7 +11,9 @@ epochs, batch 16, momentum 0.9).
   (c) ray       fedsim on Flower's Simulation Engine (Ray: one actor per CPU, 1 torch thread each)
   (d) flower    a plain Flower app (ClientApp + FedAvg.start) under run_simulation (same actors)
 
-Each run's time is the median per-round time over rounds 2..R (round 1 pays start-up).
+Each run's time is the median per-round time over rounds 2..R (round 1 pays start-up); R
+is per workload (``ROUNDS``: about a second of rounds for the small MLP, whose 50 ms rounds a
+burst of load elsewhere on the machine would otherwise decide) and the same for every method.
 Every method runs ``--repeats`` times, in ABBA order (a b c d, then d c b a, ...), so each
 repeat of a method has a loop run next to it in time; the ratio of a method is the
 median over repeats of its time divided by the loop time of the same repeat (paired).
@@ -47,6 +49,7 @@ import reporting  # noqa: E402  (benchmarks/reporting.py)
 
 NAME = "runtime_overhead"
 TARGET = 1.1  # inprocess wall time per round, as a multiple of the plain loop's
+ROUNDS = {"mlp": 21, "cnn": 6}  # rounds per run, by workload (--rounds sets one for all)
 METHODS = {
     "loop": "(a) plain loop",
     "inprocess": "(b) fedsim inprocess",
@@ -157,7 +160,7 @@ def overhead_table(args, previous: list[dict]) -> list[dict]:
             cpu: dict[str, list[float | None]] = {m: [] for m in methods}
             for rep in range(args.repeats):
                 for method in methods if rep % 2 == 0 else methods[::-1]:
-                    wall, cpu_s = measure(method, n, args.rounds)
+                    wall, cpu_s = measure(method, n, args.rounds[workload])
                     times[method].append(wall)
                     cpu[method].append(cpu_s)
                     print(f"{workload} {n} clients, repeat {rep + 1}: {method} {wall:.4f} s/round (CPU {cpu_s})", flush=True)
@@ -184,7 +187,8 @@ def render(record: dict) -> str:
     rows = record["tables"].get("overhead", [])
     if rows:
         out += [
-            f"`inprocess` and the other runtimes against the plain loop: median s/round over rounds 2..{settings['rounds']}, "
+            f"`inprocess` and the other runtimes against the plain loop: median s/round over rounds 2..R "
+            f"(R: {', '.join(f'{w} {r}' for w, r in settings['rounds'].items())}), "
             f"{settings['repeats']} ABBA-paired repeats; ratio = median of per-repeat ratios to the loop "
             f"(commit `{record['commit'][:10]}`, {record['created']}, torch {record['versions']['torch']}).",
             "",
@@ -211,13 +215,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, nargs="+", default=[20, 100])
     ap.add_argument("--workloads", nargs="+", default=["mlp", "cnn"], choices=sorted(flower_app.WORKLOADS))
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per run for every workload (default: ROUNDS)")
     ap.add_argument("--repeats", type=int, default=4, help="ABBA repeats of every method")
     ap.add_argument("--skip-ray", action="store_true", help="only (a) and (b)")
     reporting.table_options(ap, TABLES)
     args = ap.parse_args()
     torch.set_num_threads(1)
     warm_up()
+    args.rounds = {w: args.rounds or ROUNDS[w] for w in args.workloads}
     settings = {k: v for k, v in vars(args).items() if k not in ("render", "only")}
     settings |= {"cpus": os.cpu_count(), "torch_threads": 1, "load_average_at_start": os.getloadavg()}
     reporting.run_tables(NAME, args, TABLES, render, settings)
