@@ -141,7 +141,7 @@ def decode(array: Array) -> np.ndarray:
 
 def to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
     """``ArrayRecord(state_dict)`` (same keys, same bytes), without re-writing headers."""
-    return record_of({k: encode(_numpy(v)) for k, v in state.items()})
+    return record_of({k: encode(numpy_view(v)) for k, v in state.items()})
 
 
 # id of a CPU parameter -> (a weak reference to it, its data pointer, an ndarray view of
@@ -149,10 +149,11 @@ def to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
 _views: dict[int, tuple[weakref.ref, int, np.ndarray]] = {}
 
 
-def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    """``tensor.detach().cpu().numpy()``. For a CPU parameter (``requires_grad``) the view
-    is made once and reused while the parameter keeps its storage (``param.data = ...``
-    gives it a new one); the entry goes with the parameter."""
+def numpy_view(tensor: torch.Tensor) -> np.ndarray:
+    """``tensor.detach().cpu().numpy()`` (for a CPU tensor, a view of its memory). For a
+    CPU parameter (``requires_grad``) the view is made once and reused while the parameter
+    keeps its storage (``param.data = ...`` gives it a new one); the entry goes with the
+    parameter."""
     if not (tensor.is_cpu and tensor.requires_grad):
         return tensor.detach().cpu().numpy()
     ptr = tensor.data_ptr()

@@ -135,7 +135,7 @@ class ClientEnv:
     def reply(self, train_loss: float, **metrics: float) -> RecordDict:
         """Reply with the trained model and its metrics (weighted by ``num-examples``)."""
         values = {"train_loss": train_loss, "num-examples": len(self.x), **metrics}
-        plain = all(type(v) in (float, int) for v in values.values())  # else Flower's checks
+        plain = type(train_loss) is float and all(type(v) in (float, int) for v in metrics.values())  # else Flower's checks
         return prebuilt(RecordDict, {
             "arrays": to_record(self.targets),  # the model's own tensors: its state dict, without building one
             "metrics": prebuilt(MetricRecord, values) if plain else MetricRecord(values),
