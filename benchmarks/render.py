@@ -145,7 +145,8 @@ def summary(recs: list[dict]) -> str:
     for record in recs:
         link = f"[{record['name']}](docs/results/{record['name']}.md)"
         if not record["claims"]:
-            plain.append(link)
+            if not record["name"].endswith("_fashion_mnist"):  # those are listed with their profile below
+                plain.append(link)
             continue
         verdicts = [c["verdict"] for c in record["claims"]]
         counts = " | ".join(str(verdicts.count(v)) for v in ("reproduced", "not reproduced", "inconclusive"))
@@ -165,10 +166,12 @@ def summary(recs: list[dict]) -> str:
         lines += ["", f"Inconclusive claims (no significant difference either way over the seeds): {counts}; "
                       "each with its most likely cause in [claims at a glance](docs/results/claims.md)."]
     claimed = [r["name"] for r in recs if r["claims"]]
-    fashion = [n for n in claimed if n.endswith("_fashion_mnist")]
+    fashion = {r["name"]: r for r in recs if r["name"].endswith("_fashion_mnist")}
     missing = [n for n in claimed if not n.endswith("_fashion_mnist") and f"{n}_fashion_mnist" not in fashion]
+    done = [f"[{n}](docs/results/{n}.md)" + (f" (pieces: {', '.join(r['pieces'])})" if r.get("pieces") else "")
+            for n, r in fashion.items()]
     lines += ["", "Fashion-MNIST profile (`--dataset fashion_mnist`, a CNN on 28x28 images): "
-              + (f"results for {', '.join(fashion)}" if fashion else "no results file yet")
+              + (f"results for {'; '.join(done)}" if done else "no results file yet")
               + (f"; not yet run for {', '.join(missing)}." if missing else ".")]
     lines += ["", "Every claim with its values: [claims at a glance](docs/results/claims.md)."]
     if plain:
