@@ -11,8 +11,11 @@ epochs, batch 16, momentum 0.9).
   (c) ray       fedsim on Flower's Simulation Engine (Ray: one actor per CPU, 1 torch thread each)
   (d) flower    a plain Flower app (ClientApp + FedAvg.start) under run_simulation (same actors)
 
+(a) and (b) run in this process; (c) and (d) each in a fresh child process, since a Ray
+driver leaves threads and state behind in the process that hosted it.
+
 Each run's time is the median per-round time over rounds 2..R (round 1 pays start-up); R
-is per workload (``ROUNDS``: about a second of rounds for the small MLP, whose 50 ms rounds a
+is per workload (``ROUNDS``: about two seconds of rounds for the small MLP, whose 50 ms rounds a
 burst of load elsewhere on the machine would otherwise decide) and the same for every method.
 Every method runs ``--repeats`` times, in ABBA order (a b c d, then d c b a, ...), so each
 repeat of a method has a loop run next to it in time; the ratio of a method is the
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,8 +52,9 @@ import flower_app  # noqa: E402  (benchmarks/flower_app.py)
 import reporting  # noqa: E402  (benchmarks/reporting.py)
 
 NAME = "runtime_overhead"
+SETTLE = 2.0  # seconds of quiet after a child run
 TARGET = 1.1  # inprocess wall time per round, as a multiple of the plain loop's
-ROUNDS = {"mlp": 21, "cnn": 6}  # rounds per run, by workload (--rounds sets one for all)
+ROUNDS = {"mlp": 41, "cnn": 6}  # rounds per run, by workload (--rounds sets one for all)
 METHODS = {
     "loop": "(a) plain loop",
     "inprocess": "(b) fedsim inprocess",
@@ -138,11 +143,33 @@ def workers(method: str) -> str:
 
 
 def measure(method: str, n: int, rounds: int) -> tuple[float, float | None]:
-    """Steady (wall, CPU) s/round; CPU only where all the work runs in this process."""
-    if method == "flower":
-        return steady(flower_plain(n, rounds)), None
+    """Steady (wall, CPU) s/round; CPU only where all the work runs in this process.
+
+    The Ray methods run in a child process of their own (:func:`child`): a Ray driver
+    leaves threads and state behind in its process, which slowed the in-process runs
+    measured after it by a few percent (a run before and after one Ray run, same process)."""
+    if method in ("ray", "flower"):
+        return child(method, n, rounds), None
     wall, cpu = loop(n, rounds) if method == "loop" else fedsim_run(n, rounds, {"name": method})
-    return steady(wall), (steady(cpu) if method in ("loop", "inprocess") else None)
+    return steady(wall), steady(cpu)
+
+
+def child(method: str, n: int, rounds: int) -> float:
+    """Steady wall s/round of ``method`` measured in a fresh Python process."""
+    env = os.environ | {"BENCH_CLIENTS": str(n)}
+    out = subprocess.run([sys.executable, __file__, "--child", method, str(rounds)], env=env,
+                         check=True, stdout=subprocess.PIPE, text=True).stdout
+    time.sleep(SETTLE)  # Ray's processes finish exiting before the next run starts
+    return float(out.strip().splitlines()[-1])
+
+
+def run_child(method: str, rounds: int) -> None:
+    """``--child METHOD ROUNDS``: print the steady s/round of one run (settings from the environment)."""
+    torch.set_num_threads(1)
+    warm_up()
+    n = int(os.environ["BENCH_CLIENTS"])
+    times = flower_plain(n, rounds) if method == "flower" else fedsim_run(n, rounds, {"name": method})[0]
+    print(steady(times), flush=True)
 
 
 def overhead_table(args, previous: list[dict]) -> list[dict]:
@@ -212,11 +239,13 @@ def render(record: dict) -> str:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--child"]:
+        return run_child(sys.argv[2], int(sys.argv[3]))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, nargs="+", default=[20, 100])
     ap.add_argument("--workloads", nargs="+", default=["mlp", "cnn"], choices=sorted(flower_app.WORKLOADS))
     ap.add_argument("--rounds", type=int, default=None, help="rounds per run for every workload (default: ROUNDS)")
-    ap.add_argument("--repeats", type=int, default=4, help="ABBA repeats of every method")
+    ap.add_argument("--repeats", type=int, default=6, help="ABBA repeats of every method")
     ap.add_argument("--skip-ray", action="store_true", help="only (a) and (b)")
     reporting.table_options(ap, TABLES)
     args = ap.parse_args()
