@@ -245,7 +245,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[20, 100])
     ap.add_argument("--workloads", nargs="+", default=["mlp", "cnn"], choices=sorted(flower_app.WORKLOADS))
     ap.add_argument("--rounds", type=int, default=None, help="rounds per run for every workload (default: ROUNDS)")
-    ap.add_argument("--repeats", type=int, default=6, help="ABBA repeats of every method")
+    ap.add_argument("--repeats", type=int, default=4, help="ABBA repeats of every method")
     ap.add_argument("--skip-ray", action="store_true", help="only (a) and (b)")
     reporting.table_options(ap, TABLES)
     args = ap.parse_args()

@@ -72,7 +72,8 @@ class Schedule:
 @dataclass
 class Correction:
     """A per-client term added to every local gradient: coef·(w − anchor) + offset, with
-    (K,) coefficients and (K, d) flat anchors/offsets (FedProx's μ(w − x), SCAFFOLD's
+    (K,) coefficients (moved to the gradients' device and dtype) and (K, d) flat
+    anchors/offsets on the cohort's device (FedProx's μ(w − x), SCAFFOLD's
     c − c_i, FedDyn's α(w − x) − ∇_i, FedSpeed's prox-correction)."""
 
     coef: torch.Tensor | None = None
@@ -86,13 +87,14 @@ class Cohort:
     def __init__(self, contents: list[RecordDict], envs: list):
         self.contents, self.envs = contents, envs
         self.model: nn.Module = envs[0].model
+        self.device: torch.device = envs[0].device  # the model's and the examples' (runtime.device)
         self.names = [name for name, _ in self.model.named_parameters()]
         self.shapes = [p.shape for p in self.model.parameters()]
         decoded: dict[int, dict[str, torch.Tensor]] = {}
         for content in contents:  # the clients of a round usually share one record
             decoded.setdefault(id(content["arrays"]), to_state_dict(content["arrays"]))
         starts = [decoded[id(c["arrays"])] for c in contents]
-        self.start: Params = {n: torch.stack([s[n] for s in starts]) for n in self.names}
+        self.start: Params = {n: torch.stack([s[n] for s in starts]).to(self.device) for n in self.names}
         self.rounds = [int(c["config"]["server-round"]) for c in contents]
         self._vgrad = vmap(grad_and_value(self._loss))
 
@@ -115,11 +117,12 @@ class Cohort:
             for t, idx in enumerate(stream):
                 rows[k, t, : len(idx)] = idx
                 weight[k, t, : len(idx)] = 1.0
-        # gather only the rows the steps use (padding repeats row 0), client by client
+        # gather only the rows the steps use (padding repeats row 0), client by client, on the device
+        rows = rows.to(self.device)
         x = torch.stack([_rows(env.x, r) for env, r in zip(self.envs, rows, strict=True)])
         y = torch.stack([_rows(env.y, r) for env, r in zip(self.envs, rows, strict=True)])
-        return Schedule(x, y, weight.to(x.dtype if x.is_floating_point() else weight.dtype),
-                        torch.tensor([len(s) for s in streams]))
+        weight = weight.to(self.device, x.dtype if x.is_floating_point() else weight.dtype)
+        return Schedule(x, y, weight, torch.tensor([len(s) for s in streams], device=self.device))
 
     def _loss(self, params: Params, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         per_example = task_loss(functional_call(self.model, params, (x,)), y, reduction="none")
@@ -151,7 +154,7 @@ class Cohort:
         self.steps = sched.steps
         params = {n: p.clone() for n, p in self.start.items()}
         momentum_buffer: Params | None = None
-        total = torch.zeros(len(self), dtype=torch.float64)
+        total = torch.zeros(len(self), dtype=torch.float64, device=self.device)
         with torch.no_grad():
             for t in range(sched.length):
                 active = sched.steps > t
@@ -179,7 +182,7 @@ class Cohort:
         for name, anchor, offset in zip(self.names, self.split(c.anchor), self.split(c.offset), strict=True):
             g = grads[name]
             if c.coef is not None:
-                g = g + _expand(c.coef, g).to(g.dtype) * (params[name] - anchor)
+                g = g + _expand(c.coef, g).to(g) * (params[name] - anchor)  # (K,) on g's device, in g's dtype
             if offset is not None:
                 g = g + offset
             out[name] = g

@@ -697,8 +697,6 @@ def _batched_fits(scenario: Scenario, data: dict) -> list[dict]:
                        "which vmap cannot replay")
     if scenario.audit is not None:
         reasons.append("a canary audit replaces some clients' training by uploads; run it unbatched")
-    if getattr(scenario.runtime, "device", "cpu") != "cpu":
-        reasons.append("batched training runs on the CPU only so far (runtime.device: cpu)")
     return [{"loc": ("runtime", "batched"), "type": "value_error", "msg": f"cannot batch: {r}", "input": True}
             for r in reasons]
 

@@ -101,7 +101,7 @@ def scaffold_train(content: RecordDict, env: ClientEnv) -> RecordDict:
 def scaffold_batched(cohort: Cohort) -> list[RecordDict]:
     """``scaffold_train`` for a cohort: each client descends with its own c − c_i."""
     x = cohort.vector(cohort.start)
-    c = torch.stack([record_vector(content[CONTROL_KEY]) for content in cohort.contents])
+    c = torch.stack([record_vector(content[CONTROL_KEY], cohort.device) for content in cohort.contents])
     c_i = torch.stack([load_state(env, STATE_KEY, x.shape[1]) for env in cohort.envs])
     params, losses = cohort.local_sgd(correction=Correction(offset=c - c_i))
     steps, y = cohort.steps, cohort.vector(params)

@@ -10,7 +10,7 @@ from flwr.app import RecordDict
 
 import fedsim
 from fedsim.apps.client import ClientEnv
-from fedsim.batched import Cohort, refusal
+from fedsim.batched import Cohort, Correction, refusal
 from fedsim.models import build_model
 from fedsim.records import to_record
 from fedsim.scenario import ScenarioError, load
@@ -55,6 +55,31 @@ def test_stacked_sgd_equals_torch_sgd_for_clients_of_unequal_size_in_float64():
         assert losses[k].item() == pytest.approx(loss, rel=1e-12)
         for name, p in model.named_parameters():
             torch.testing.assert_close(params[name][k], p.detach(), rtol=1e-12, atol=1e-13)
+
+
+def test_every_stacked_tensor_follows_the_model_to_its_device():
+    """The stacked path on the ``meta`` device, where an op that mixes a meta tensor with a
+    CPU one raises (as CUDA with CPU does): start models, schedules, masks, losses,
+    per-client corrections with CPU-made coefficients, clipping and momentum all stay on
+    the clients' device; shapes match the CPU run."""
+    scenario = load({"name": "t", "rounds": 1, "num_clients": 3, "seed": 1,
+                     "client": {"epochs": 1, "batch_size": 4, "lr": 0.1, "momentum": 0.9}})
+    model, envs = _envs([3, 6, 9], scenario, dtype=torch.float32)
+    content = RecordDict({"arrays": to_record({k: v.detach() for k, v in model.state_dict().items()})})
+    content["config"] = fedsim.apps.client.ConfigRecord({"server-round": 1})
+    meta_model = copy.deepcopy(model).to("meta")
+    meta_envs = [ClientEnv(scenario, e.partition_id, meta_model, e.x.to("meta"), e.y.to("meta"), RecordDict(),
+                           meta_model.state_dict(keep_vars=True), 3) for e in envs]
+    shapes = {}
+    for name, cohort in (("cpu", Cohort([content] * 3, envs)), ("meta", Cohort([content] * 3, meta_envs))):
+        x = cohort.vector(cohort.start)
+        correction = Correction(coef=torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64), anchor=x, offset=0.01 * x)
+        params, losses = cohort.local_sgd(correction=correction, max_grad_norm=1.0, extra_weight_decay=1e-3)
+        grads, _ = cohort.gradient(cohort.schedule("minibatch", 4, 1, 1), 0)(cohort.start)
+        outputs = [*params.values(), losses, *grads.values(), cohort.steps]
+        assert {t.device.type for t in outputs} == {name}
+        shapes[name] = [t.shape for t in outputs]
+    assert shapes["meta"] == shapes["cpu"]
 
 
 def test_refusal_names_buffers_and_dropout():
@@ -112,6 +137,17 @@ def test_batched_cnn_and_chunks_of_one_client(tiny):
     a, b = _compare(tiny, rtol=1e-4)
     c = fedsim.run(tiny, runtime={**BATCHED, "batch_clients": 1})
     pd.testing.assert_frame_equal(b.metrics[METRICS], c.metrics[METRICS], rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA here")
+@pytest.mark.parametrize("case", ["fedprox", "scaffold", "fedspeed"])
+def test_batched_equals_sequential_on_cuda(tiny, case):
+    """On a GPU (``runtime.device: cuda``) the stacked path gives the sequential metrics."""
+    tiny.update(copy.deepcopy(CASES[case]))
+    tiny["runtime"] = {"name": "inprocess", "device": "cuda"}
+    a = fedsim.run(tiny)
+    b = fedsim.run(tiny, runtime={**BATCHED, "device": "cuda"})
+    pd.testing.assert_frame_equal(a.metrics[METRICS], b.metrics[METRICS], rtol=1e-4, atol=1e-6)
 
 
 def test_injected_crashes_and_stragglers_take_the_sequential_path(tiny):
