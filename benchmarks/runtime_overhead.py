@@ -8,7 +8,7 @@ epochs, batch 16, momentum 0.9).
 
   (a) loop      a plain Python loop over the clients: the floor (1 process, 1 torch thread)
   (b) inprocess fedsim's in-process grid, the default runtime (1 process, 1 torch thread)
-  (c) ray       fedsim on Flower's Simulation Engine (Ray: one actor per CPU, 1 torch thread each)
+  (c) ray       fedsim's worker actors on Ray (one actor per CPU, 1 torch thread each)
   (d) flower    a plain Flower app (ClientApp + FedAvg.start) under run_simulation (same actors)
 
 (a) and (b) run in this process; (c) and (d) each in a fresh child process, since a Ray
