@@ -124,8 +124,7 @@ def render_ray(record: dict) -> str:
     caption = (
         f"`ray` ({s['workers']} worker actors, 1 CPU each) vs `inprocess` (1 thread) on the CNN settings of "
         f"`benchmarks/runtime_overhead.py` ({s['cpus']} cores): median s/round of rounds 2..{s['rounds']}, "
-        f"{s['repeats']} {'ABBA-paired repeats, every run in a fresh process' if s.get('process_per_run') else 'interleaved repeats'} "
-        f"(commit {record['commit'][:8]})."
+        f"{s['repeats']} ABBA-paired repeats, every run in a fresh process (commit {record['commit'][:8]})."
     )
     header = ["setting", "inprocess s/round", "ray s/round", "ray/inprocess (median of paired)", "target",
               "1-min load", "2-process probe"]

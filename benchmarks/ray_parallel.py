@@ -104,8 +104,7 @@ def child(runtime: str, clients: int, rounds: int, workers: int) -> tuple[float,
     out = subprocess.run([sys.executable, __file__, "--child", runtime, str(clients), str(rounds), str(workers)],
                          check=True, stdout=subprocess.PIPE, text=True).stdout
     time.sleep(SETTLE)  # Ray's processes finish exiting before the next run starts
-    seconds, acc = json.loads(out.strip().splitlines()[-1])
-    return seconds, acc
+    return tuple(json.loads(out.strip().splitlines()[-1]))
 
 
 def run_child(runtime: str, clients: int, rounds: int, workers: int) -> None:
